@@ -1,0 +1,3 @@
+from inference_api.cli import main
+
+raise SystemExit(main())

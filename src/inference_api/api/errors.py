@@ -1,0 +1,82 @@
+"""The one error envelope: `{"error": {"code", "message", "request_id"}}`, built here and only here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from inference_api.errors import HTTP_STATUS, ErrorCode, ServiceError
+
+logger = logging.getLogger(__name__)
+
+_STATUS_CODES = {
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+}
+
+
+def error_body(error: ServiceError, request_id: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": error.code.value, "message": error.message, "request_id": request_id}
+    if error.details:
+        body["details"] = error.details
+    return {"error": body}
+
+
+def error_headers(error: ServiceError) -> dict[str, str]:
+    return {"Retry-After": str(error.retry_after)} if error.retry_after is not None else {}
+
+
+def error_response(error: ServiceError, request_id: str | None) -> JSONResponse:
+    return JSONResponse(
+        error_body(error, request_id), status_code=HTTP_STATUS[error.code], headers=error_headers(error)
+    )
+
+
+def request_id_of(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
+
+
+def validation_error(exc: RequestValidationError) -> ServiceError:
+    """Name every offending field; FastAPI's raw report (with inputs echoed back) stays out."""
+    details = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        if err.get("type") == "json_invalid":
+            details.append({"field": "body", "message": "malformed JSON: " + str(err.get("msg", ""))})
+            continue
+        field = ".".join(loc) or "body"
+        details.append({"field": field, "message": str(err.get("msg", "invalid value"))})
+    message = "; ".join(f"{d['field']}: {d['message']}" for d in details) or "invalid request"
+    return ServiceError(ErrorCode.VALIDATION_ERROR, message, details=details)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        return error_response(exc, request_id_of(request))
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(validation_error(exc), request_id_of(request))
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _STATUS_CODES.get(exc.status_code, ErrorCode.VALIDATION_ERROR)
+        message = {
+            ErrorCode.NOT_FOUND: f"no route {request.url.path}",
+            ErrorCode.METHOD_NOT_ALLOWED: f"{request.method} is not allowed on {request.url.path}",
+        }.get(code, str(exc.detail))
+        response = error_response(ServiceError(code, message), request_id_of(request))
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)

@@ -1,0 +1,44 @@
+"""The composition root: `create_app(settings)` wires routers, middleware and the services' lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from inference_api import __version__
+from inference_api.api.errors import install_error_handlers
+from inference_api.api.request_context import RequestContextMiddleware
+from inference_api.health.api_router import router as health_router
+from inference_api.inference.api_router import router as inference_router
+from inference_api.models.api_router import router as models_router
+from inference_api.services import build_services
+from inference_api.settings import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> FastAPI:
+    """Build the app. Services are made in the lifespan, so importing or creating the app loads nothing."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = build_services(settings)
+        app.state.services = services
+        await services.engine.start(warm_up=warm_up)
+        try:
+            yield
+        finally:
+            await services.engine.stop(drain_timeout=settings.drain_timeout)
+
+    app = FastAPI(
+        title="inference-api",
+        version=__version__,
+        description="Serves large language models: inference, model management, health.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestContextMiddleware)
+    install_error_handlers(app)
+    for router in (health_router, inference_router, models_router):
+        app.include_router(router)
+    return app

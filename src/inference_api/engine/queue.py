@@ -1,0 +1,68 @@
+"""The bounded queue in front of the workers: admission control happens here, at once, never by waiting."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from inference_api.engine.types import GenerationRequest
+from inference_api.errors import ErrorCode, ServiceError
+
+
+class RequestQueue:
+    def __init__(self, maxsize: int, retry_after: int = 1) -> None:
+        self.maxsize = maxsize
+        self.retry_after = retry_after
+        self._items: deque[GenerationRequest] = deque()
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put_nowait(self, request: GenerationRequest) -> None:
+        """Accept the request or refuse it at once (OVERLOADED / SHUTTING_DOWN)."""
+        if self._closed:
+            raise ServiceError(ErrorCode.SHUTTING_DOWN, "the server is shutting down", retry_after=5)
+        if len(self._items) >= self.maxsize:
+            raise ServiceError(
+                ErrorCode.OVERLOADED,
+                f"the request queue is full ({self.maxsize} waiting); retry later",
+                retry_after=self.retry_after,
+            )
+        self._items.append(request)
+        self._changed.set()
+
+    def remove(self, request: GenerationRequest) -> bool:
+        """Take a request out before a worker has it (its client went away); True if it was waiting."""
+        try:
+            self._items.remove(request)
+        except ValueError:
+            return False
+        return True
+
+    def get_nowait(self) -> GenerationRequest | None:
+        return self._items.popleft() if self._items else None
+
+    async def get(self) -> GenerationRequest | None:
+        """The next request; None once the queue is closed and empty."""
+        while not self._items:
+            if self._closed:
+                return None
+            self._changed.clear()
+            await self._changed.wait()
+        return self._items.popleft()
+
+    def close(self) -> None:
+        """Stop accepting; workers drain what is waiting and then see None."""
+        self._closed = True
+        self._changed.set()
+
+    def drain(self) -> list[GenerationRequest]:
+        items = list(self._items)
+        self._items.clear()
+        return items

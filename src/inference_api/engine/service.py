@@ -1,0 +1,197 @@
+"""The engine facade the HTTP layer talks to: admission, routing to workers, readiness, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from inference_api.engine.queue import RequestQueue
+from inference_api.engine.runner import ModelRunner
+from inference_api.engine.types import Completion, GenerationRequest, SamplingParams
+from inference_api.engine.worker import DeviceWorker
+from inference_api.errors import ErrorCode, ServiceError
+from inference_api.modeling.cache import ModelCache
+from inference_api.modeling.loader import resolve_device, resolve_dtype
+from inference_api.modeling.prompt import PromptEncoder
+from inference_api.modeling.registry import ModelRef, ModelRegistry
+from inference_api.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+EngineState = Literal["starting", "loading", "ready", "failed", "draining", "stopped"]
+_WARM_UP_PROMPT = [{"role": "user", "content": "Hello"}]
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    max_input_tokens: int
+    max_new_tokens: int
+    request_timeout: float
+
+
+class Engine:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        encoder: PromptEncoder,
+        workers: list[DeviceWorker],
+        queue: RequestQueue,
+        limits: EngineLimits,
+    ) -> None:
+        self.registry = registry
+        self.encoder = encoder
+        self.workers = workers
+        self.queue = queue
+        self.limits = limits
+        self.state: EngineState = "starting"
+        self.failure: str | None = None
+        self.started_at = time.time()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    def build(cls, settings: Settings, registry: ModelRegistry, encoder: PromptEncoder) -> Engine:
+        device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, device)
+        queue = RequestQueue(settings.max_queue)
+        cache = ModelCache(
+            registry, data_dir=settings.data_dir, device=device, dtype=dtype, capacity=settings.cache_size
+        )
+        worker = DeviceWorker(f"worker-{device}", cache, queue, ModelRunner())
+        limits = EngineLimits(settings.max_input_tokens, settings.max_new_tokens, settings.request_timeout)
+        return cls(registry, encoder, [worker], queue, limits)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    async def start(self, warm_up: bool = True) -> None:
+        """Start the workers; loading and warming the default model goes on in the background."""
+        self._tasks = [asyncio.create_task(w.run(), name=w.name) for w in self.workers]
+        if warm_up:
+            self._tasks.append(asyncio.create_task(self._warm_up(), name="warm-up"))
+
+    async def _warm_up(self) -> None:
+        self.state = "loading"
+        ref = self.registry.default
+        try:
+            started = time.perf_counter()
+            await self._worker_for(ref).load(ref)
+            encoded = await asyncio.to_thread(self.encoder.encode_chat, ref.base, _WARM_UP_PROMPT)
+            request = GenerationRequest(ref, encoded.ids, SamplingParams(max_new_tokens=2))
+            self.queue.put_nowait(request)
+            await request.result()
+        except ServiceError as exc:
+            self._fail(exc.message)
+            return
+        except Exception as exc:
+            logger.exception("loading the default model failed")
+            self._fail(type(exc).__name__)
+            return
+        if self.state == "loading":
+            self.state = "ready"
+            logger.info("default model %s ready in %.1fs", ref, time.perf_counter() - started)
+
+    def _fail(self, reason: str) -> None:
+        self.state = "failed"
+        self.failure = reason
+        logger.error("the default model could not be loaded: %s", reason)
+
+    def check_accepting(self) -> None:
+        """Raise the error a new request would get now: shutting down, or not ready yet."""
+        if self.state in ("draining", "stopped"):
+            raise ServiceError(ErrorCode.SHUTTING_DOWN, "the server is shutting down", retry_after=5)
+        if self.state == "failed":
+            raise ServiceError(ErrorCode.MODEL_NOT_READY, "the default model failed to load; see the server log")
+        if not self.ready:
+            raise ServiceError(ErrorCode.MODEL_NOT_READY, "the model is still loading; retry shortly", retry_after=5)
+
+    def admit(self, request: GenerationRequest) -> None:
+        """Queue a request or refuse it at once."""
+        self.check_accepting()
+        self.queue.put_nowait(request)
+
+    def cancel(self, request: GenerationRequest) -> None:
+        """The caller is gone: drop the request from the queue, or let its worker stop after this step."""
+        request.cancelled = True
+        self.queue.remove(request)
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        self.admit(request)
+        try:
+            return await request.result()
+        except asyncio.CancelledError:
+            self.cancel(request)
+            raise
+
+    async def load_model(self, ref: ModelRef) -> None:
+        self.registry.resolve(ref)
+        try:
+            await self._worker_for(ref).load(ref)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            logger.exception("loading %s failed", ref)
+            raise ServiceError(
+                ErrorCode.MODEL_LOAD_FAILED,
+                f"loading {ref} failed ({type(exc).__name__}); see the server log",
+            ) from exc
+
+    async def unload_model(self, base: str) -> int:
+        self.registry.get(base)
+        if base == self.registry.default.base:
+            raise ServiceError(ErrorCode.VALIDATION_ERROR, f"{base!r} is the default model and stays loaded")
+        return sum([await w.unload(base) for w in self.workers])
+
+    def loaded(self) -> set[ModelRef]:
+        return {ref for w in self.workers for ref in w.cache.refs()}
+
+    def _worker_for(self, ref: ModelRef) -> DeviceWorker:
+        for worker in self.workers:
+            if worker.cache.peek(ref) is not None:
+                return worker
+        return self.workers[0]
+
+    async def stop(self, drain_timeout: float = 30.0) -> None:
+        """Stop accepting, let queued and running requests finish up to `drain_timeout`, then stop."""
+        self.state = "draining"
+        self.queue.close()
+        workers = [t for t in self._tasks if t.get_name() != "warm-up"]
+        _, pending = await asyncio.wait(workers, timeout=drain_timeout) if workers else (set(), set())
+        for task in pending:
+            task.cancel()
+        for request in self.queue.drain():
+            request.fail(ErrorCode.SHUTTING_DOWN, "the server shut down before this request was served")
+        for worker in self.workers:
+            if worker.current is not None:
+                worker.current.fail(ErrorCode.SHUTTING_DOWN, "the server shut down during generation")
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for worker in self.workers:
+            await asyncio.to_thread(worker.shutdown)
+        self.state = "stopped"
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "queue": {"depth": len(self.queue), "max": self.queue.maxsize},
+            "workers": [
+                {
+                    "name": w.name,
+                    "device": str(w.device),
+                    "dtype": str(w.cache.dtype).removeprefix("torch."),
+                    "busy": w.current is not None,
+                    "served": w.stats.served,
+                    "failed": w.stats.failed,
+                    "cancelled": w.stats.cancelled,
+                    "tokens_generated": w.stats.tokens_generated,
+                    "cached_models": [str(r) for r in w.cache.refs()],
+                }
+                for w in self.workers
+            ],
+        }

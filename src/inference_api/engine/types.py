@@ -1,0 +1,105 @@
+"""What goes into the engine and what comes out of it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from inference_api.errors import ErrorCode, ServiceError
+from inference_api.modeling.registry import ModelRef
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    do_sample: bool = False
+    num_beams: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: FinishReason
+    model: ModelRef
+    prompt_tokens: int
+    tokens_generated: int
+    queue_time: float
+    generation_time: float
+
+
+@dataclass(frozen=True)
+class Failure:
+    error: ServiceError
+
+
+Event = TextDelta | Completion | Failure
+
+
+@dataclass(eq=False)
+class GenerationRequest:
+    """One request's journey through the engine; its events reach the caller through an asyncio queue."""
+
+    model: ModelRef
+    prompt_ids: list[int]
+    params: SamplingParams
+    deadline: float | None = None  # time.monotonic() value
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    enqueued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+    cancelled: bool = False
+    _events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue, repr=False)
+    _finished: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.deadline is not None and (now or time.monotonic()) >= self.deadline
+
+    def emit(self, event: Event) -> None:
+        """Deliver an event to the caller (event loop only); nothing is delivered after the last one."""
+        if self._finished:
+            return
+        if isinstance(event, Completion | Failure):
+            self._finished = True
+        self._events.put_nowait(event)
+
+    def fail(self, code: ErrorCode, message: str) -> None:
+        self.emit(Failure(ServiceError(code, message)))
+
+    async def events(self) -> AsyncIterator[TextDelta | Completion]:
+        """Text deltas then the completion; a failure is raised as its ServiceError."""
+        while True:
+            event = await self._events.get()
+            if isinstance(event, Failure):
+                raise event.error
+            yield event
+            if isinstance(event, Completion):
+                return
+
+    async def result(self) -> Completion:
+        async for event in self.events():
+            if isinstance(event, Completion):
+                return event
+        raise AssertionError("event stream ended without a completion")

@@ -1,0 +1,84 @@
+"""GET /health (liveness), GET /ready (readiness), GET /status."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psutil
+import torch
+from fastapi import APIRouter
+
+from inference_api import __version__
+from inference_api.api.deps import EngineDep
+from inference_api.auth.deps import CallerDep
+from inference_api.errors import ErrorCode, ServiceError
+from inference_api.health.protocol import CachedModelInfo, Health, Readiness, Status
+from inference_api.modeling.registry import ModelRef
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=Health)
+async def health() -> Health:
+    """Liveness: answers while the process can serve at all."""
+    return Health(status="ok", timestamp=time.time())
+
+
+@router.get("/ready", response_model=Readiness, responses={503: {"description": "Not ready, or draining."}})
+async def ready(engine: EngineDep) -> Readiness:
+    """Readiness: 200 once the default model is loaded and warmed, 503 before that and while draining."""
+    if engine.state in ("draining", "stopped"):
+        raise ServiceError(ErrorCode.SHUTTING_DOWN, "the server is draining", retry_after=5)
+    if not engine.ready:
+        raise ServiceError(ErrorCode.MODEL_NOT_READY, f"the default model is {engine.state}", retry_after=5)
+    return Readiness(status="ready", model=str(engine.registry.default), timestamp=time.time())
+
+
+@router.get("/status", response_model=Status)
+async def status(_: CallerDep, engine: EngineDep) -> Status:
+    """Service state: models, queue, workers, memory."""
+    snapshot = engine.snapshot()
+    loaded = engine.loaded()
+    info = [
+        CachedModelInfo(
+            base_model=spec.name,
+            version=version,
+            loaded=ModelRef(spec.name, version) in loaded,
+        )
+        for spec in engine.registry.specs()
+        for version in spec.versions
+    ]
+    return Status(
+        service="inference-api",
+        version=__version__,
+        status=engine.state,
+        timestamp=time.time(),
+        uptime_seconds=round(time.time() - engine.started_at, 3),
+        # The Prometheus endpoint arrives with the observability issue; until then it is honestly absent.
+        prometheus_available=False,
+        cached_models=len(loaded),
+        device=", ".join(w["device"] for w in snapshot["workers"]),
+        cached_model_info=info,
+        queue=snapshot["queue"],
+        workers=snapshot["workers"],
+        memory=memory_report(),
+    )
+
+
+def memory_report() -> dict[str, Any]:
+    report: dict[str, Any] = {"process_rss_bytes": psutil.Process().memory_info().rss}
+    vm = psutil.virtual_memory()
+    report["system_total_bytes"] = vm.total
+    report["system_available_bytes"] = vm.available
+    if torch.cuda.is_available():
+        report["cuda"] = [
+            {
+                "device": f"cuda:{i}",
+                "allocated_bytes": torch.cuda.memory_allocated(i),
+                "reserved_bytes": torch.cuda.memory_reserved(i),
+                "total_bytes": torch.cuda.get_device_properties(i).total_memory,
+            }
+            for i in range(torch.cuda.device_count())
+        ]
+    return report

@@ -1,0 +1,1 @@
+"""Where models come from and how they are held in memory; no HTTP and no asyncio here."""

@@ -1,0 +1,149 @@
+"""An LRU cache of loaded (base model, version) pairs for one device.
+
+Entries are pairs, but weights are held per base: every adapter version of a base is a peft
+adapter on the same loaded base model, so ten versions of one base cost one copy of its weights.
+Only the worker that owns the device calls `get` and `evict`; other threads read snapshots.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from inference_api.modeling.loader import LoadedBase, load_base
+from inference_api.modeling.registry import BASE_VERSION, BaseModelSpec, ModelRef, ModelRegistry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """A cache entry: a base model plus the adapter (or none) that makes it this version."""
+
+    ref: ModelRef
+    base: LoadedBase
+    adapter: str | None
+
+    def activate(self) -> None:
+        self.base.activate(self.adapter)
+
+
+@dataclass
+class CacheStats:
+    hits: Counter[ModelRef] = field(default_factory=Counter)
+    misses: Counter[ModelRef] = field(default_factory=Counter)
+    load_seconds: dict[ModelRef, float] = field(default_factory=dict)
+    evictions: int = 0
+
+
+class BaseLoader(Protocol):
+    def __call__(self, spec: BaseModelSpec, data_dir: Path, device: torch.device, dtype: torch.dtype) -> LoadedBase: ...
+
+
+class ModelCache:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        data_dir: Path,
+        device: torch.device,
+        dtype: torch.dtype,
+        capacity: int,
+        loader: BaseLoader = load_base,
+    ) -> None:
+        self._registry = registry
+        self._data_dir = data_dir
+        self.device = device
+        self.dtype = dtype
+        self.capacity = capacity
+        self._loader = loader
+        self._entries: OrderedDict[ModelRef, LoadedModel] = OrderedDict()
+        self._bases: dict[str, LoadedBase] = {}
+        self._lock = threading.Lock()
+        self.stats = CacheStats()
+
+    def get(self, ref: ModelRef) -> LoadedModel:
+        """The loaded model for `ref`, loading it (and evicting the least recently used) on a miss."""
+        with self._lock:
+            entry = self._entries.get(ref)
+            if entry is not None:
+                self._entries.move_to_end(ref)
+                self.stats.hits[ref] += 1
+                return entry
+            self.stats.misses[ref] += 1
+        spec = self._registry.resolve(ref)
+        entry = self._load(spec, ref)
+        with self._lock:
+            self._entries[ref] = entry
+            victims = []
+            while len(self._entries) > self.capacity:
+                victims.append(self._entries.popitem(last=False)[1])
+        for victim in victims:
+            self._release(victim)
+        return entry
+
+    def peek(self, ref: ModelRef) -> LoadedModel | None:
+        with self._lock:
+            return self._entries.get(ref)
+
+    def refs(self) -> list[ModelRef]:
+        """Cached pairs, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
+    def loaded_bases(self) -> dict[str, LoadedBase]:
+        with self._lock:
+            return dict(self._bases)
+
+    def evict(self, base: str) -> int:
+        """Drop every cached version of `base`; returns how many entries went."""
+        with self._lock:
+            victims = [self._entries.pop(ref) for ref in list(self._entries) if ref.base == base]
+        for victim in victims:
+            self._release(victim)
+        return len(victims)
+
+    def clear(self) -> None:
+        with self._lock:
+            victims = list(self._entries.values())
+            self._entries.clear()
+        for victim in victims:
+            self._release(victim)
+
+    def _load(self, spec: BaseModelSpec, ref: ModelRef) -> LoadedModel:
+        import time
+
+        started = time.perf_counter()
+        with self._lock:
+            base = self._bases.get(spec.name)
+        if base is None:
+            base = self._loader(spec, self._data_dir, self.device, self.dtype)
+            with self._lock:
+                self._bases[spec.name] = base
+        adapter = None if ref.version == BASE_VERSION else ref.version
+        if adapter is not None and adapter not in base.adapters:
+            base.add_adapter(adapter, spec.adapters[adapter])
+        self.stats.load_seconds[ref] = time.perf_counter() - started
+        return LoadedModel(ref, base, adapter)
+
+    def _release(self, entry: LoadedModel) -> None:
+        self.stats.evictions += 1
+        logger.info("evicting %s from the model cache", entry.ref)
+        if entry.adapter is not None:
+            entry.base.remove_adapter(entry.adapter)
+        with self._lock:
+            still_used = any(e.base is entry.base for e in self._entries.values())
+            if not still_used:
+                self._bases.pop(entry.base.name, None)
+        if not still_used:
+            del entry
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()

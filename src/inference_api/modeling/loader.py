@@ -1,0 +1,146 @@
+"""Loading base models and tokenizers onto a device, and adapters onto a loaded base."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inference_api.errors import ErrorCode, ServiceError
+from inference_api.modeling import builtin
+from inference_api.modeling.conversion import convert_gguf, is_prepared
+from inference_api.modeling.registry import BaseModelSpec
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(setting: str) -> torch.device:
+    """`auto` takes the first CUDA device when one is present and the CPU otherwise."""
+    if setting == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"DEVICE={setting} but no CUDA device is available")
+    return device
+
+
+def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
+    if setting != "auto":
+        return _DTYPES[setting]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def weights_location(spec: BaseModelSpec, data_dir: Path) -> str:
+    """A folder (or hub id) that `from_pretrained` can read, converting GGUF files once."""
+    kind, location = spec.source.kind, spec.source.location
+    if kind == "builtin":
+        return str(builtin.prepare_builtin(data_dir))
+    if kind == "gguf":
+        gguf_path = Path(location)
+        if not gguf_path.is_file():
+            raise ServiceError(ErrorCode.MODEL_NOT_FOUND, f"model {spec.name!r}: GGUF file is missing")
+        folder = data_dir / "models" / spec.name
+        if not is_prepared(folder):
+            logger.info("converting %s into %s (once)", gguf_path.name, folder)
+            convert_gguf(gguf_path, folder)
+        return str(folder)
+    if kind == "path" and not Path(location).is_dir():
+        raise ServiceError(ErrorCode.MODEL_NOT_FOUND, f"model {spec.name!r}: its folder is missing")
+    return location
+
+
+@dataclass
+class LoadedBase:
+    """A base model on a device with its tokenizer; adapters of this base share these weights."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    context_length: int
+    load_seconds: float
+    memory_bytes: int
+    adapters: set[str] = field(default_factory=set)
+    active_adapter: str | None = None
+
+    def activate(self, adapter: str | None) -> None:
+        """Make `adapter` (or none: the base weights alone) the one the next forward pass uses."""
+        if adapter == self.active_adapter:
+            return
+        if adapter is None:
+            self.model.disable_adapters()
+        else:
+            if self.active_adapter is None:
+                self.model.enable_adapters()
+            self.model.set_adapter(adapter)
+        self.active_adapter = adapter
+
+    def add_adapter(self, name: str, path: Path) -> None:
+        if not (path / "adapter_config.json").is_file():
+            raise ServiceError(ErrorCode.MODEL_NOT_FOUND, f"adapter {name!r} of {self.name!r}: no adapter_config.json")
+        self.model.load_adapter(str(path), adapter_name=name)
+        self.adapters.add(name)
+        # load_adapter leaves the new adapter active; restore what was active before.
+        previous, self.active_adapter = self.active_adapter, name
+        self.activate(previous)
+
+    def remove_adapter(self, name: str) -> None:
+        if name not in self.adapters:
+            return
+        if self.active_adapter == name:
+            self.activate(None)
+        self.model.delete_adapter(name)
+        self.adapters.discard(name)
+
+
+def load_tokenizer(location: str) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def context_length_of(config: Any) -> int:
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def load_base(spec: BaseModelSpec, data_dir: Path, device: torch.device, dtype: torch.dtype) -> LoadedBase:
+    """Load a base model for inference: on `device`, in eval mode, with no gradients anywhere."""
+    from transformers import AutoModelForCausalLM
+
+    location = weights_location(spec, data_dir)
+    started = time.perf_counter()
+    model: Any = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    tokenizer = load_tokenizer(location)
+    seconds = time.perf_counter() - started
+    memory = sum(p.numel() * p.element_size() for p in model.parameters())
+    memory += sum(b.numel() * b.element_size() for b in model.buffers())
+    logger.info("loaded %s on %s (%s) in %.1fs", spec.name, device, dtype, seconds)
+    return LoadedBase(
+        name=spec.name,
+        model=model,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=dtype,
+        context_length=context_length_of(model.config),
+        load_seconds=seconds,
+        memory_bytes=memory,
+    )

@@ -1,0 +1,64 @@
+"""Turning a request's prompt or conversation into token ids with the model's own chat template."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inference_api.modeling.loader import context_length_of, load_tokenizer, weights_location
+from inference_api.modeling.registry import ModelRegistry
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    ids: list[int]
+    context_length: int
+
+
+@dataclass
+class _Tokenizing:
+    tokenizer: Any
+    context_length: int
+
+
+class PromptEncoder:
+    """Per base model: its tokenizer and context length, loaded once; encoding is blocking work."""
+
+    def __init__(self, registry: ModelRegistry, data_dir: Path) -> None:
+        self._registry = registry
+        self._data_dir = data_dir
+        self._loaded: dict[str, _Tokenizing] = {}
+        self._lock = threading.Lock()
+
+    def encode_chat(self, base: str, messages: list[Message]) -> EncodedPrompt:
+        """Apply the model's chat template (with the generation prompt); raw text for template-less models."""
+        entry = self._get(base)
+        tokenizer = entry.tokenizer
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            # The template already holds the special tokens it wants (BOS included, if any).
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            text = "\n".join(m["content"] for m in messages)
+            ids = tokenizer(text)["input_ids"]
+        return EncodedPrompt(list(ids), entry.context_length)
+
+    def encode_raw(self, base: str, text: str) -> EncodedPrompt:
+        entry = self._get(base)
+        return EncodedPrompt(list(entry.tokenizer(text)["input_ids"]), entry.context_length)
+
+    def _get(self, base: str) -> _Tokenizing:
+        with self._lock:
+            entry = self._loaded.get(base)
+            if entry is None:
+                from transformers import AutoConfig
+
+                location = weights_location(self._registry.get(base), self._data_dir)
+                config = AutoConfig.from_pretrained(location)
+                entry = _Tokenizing(load_tokenizer(location), context_length_of(config))
+                self._loaded[base] = entry
+            return entry

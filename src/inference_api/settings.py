@@ -1,0 +1,132 @@
+"""Service configuration: environment variables, an optional `.env`, and a YAML file named by CONFIG_FILE."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+Scope = Literal["infer", "chat", "documents", "admin"]
+ALL_SCOPES: tuple[Scope, ...] = ("infer", "chat", "documents", "admin")
+DEFAULT_SCOPES: tuple[Scope, ...] = ("infer", "chat", "documents")
+
+
+class ApiKeyConfig(BaseModel):
+    """One configured API key: a name for logs and ownership, the key (or its SHA-256), and scopes."""
+
+    name: str = Field(min_length=1, max_length=128)
+    key: str | None = Field(default=None, min_length=16, repr=False)
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", repr=False)
+    scopes: list[Scope] = Field(default_factory=lambda: list(DEFAULT_SCOPES))
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiKeyConfig:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError(f"API key {self.name!r} needs exactly one of 'key' or 'key_sha256'")
+        return self
+
+    def digest(self) -> str:
+        if self.key is not None:
+            return hashlib.sha256(self.key.encode()).hexdigest()
+        assert self.key_sha256 is not None
+        return self.key_sha256.lower()
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path("data")
+
+    default_model: str = "smollm2-135m-instruct"
+    default_version: str = "base"
+    model_registry: Path | None = None
+    cache_size: int = Field(default=2, ge=1, le=64)
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    api_key_header: str = Field(default="X-API-Key", min_length=1, pattern=r"^[A-Za-z0-9-]+$")
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+    api_keys_file: Path | None = None
+
+    max_queue: int = Field(default=64, ge=1)
+    max_input_tokens: int = Field(default=4096, ge=1)
+    max_new_tokens: int = Field(default=512, ge=1)
+    request_timeout: float = Field(default=120.0, gt=0)
+    drain_timeout: float = Field(default=30.0, ge=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def registry_path(self) -> Path:
+        return self.model_registry or self.data_dir / "models.yaml"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[Any, ...]:
+        sources: list[Any] = [init_settings, env_settings, dotenv_settings]
+        config_file = os.environ.get("CONFIG_FILE")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+class SettingsError(Exception):
+    """Configuration that cannot start the service; the message names the offending variable."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings, turning pydantic's report into one readable message per bad variable."""
+    config_file = os.environ.get("CONFIG_FILE")
+    if config_file and not Path(config_file).is_file():
+        raise SettingsError(f"CONFIG_FILE: {config_file} does not exist")
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+    except (yaml.YAMLError, json.JSONDecodeError, ValueError) as exc:
+        raise SettingsError(f"invalid configuration: {exc}") from None
+    return settings
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        variable = loc[0].upper() if loc else "?"
+        where = "".join(f"[{p}]" for p in loc[1:])
+        lines.append(f"{variable}{where}: {err['msg']}")
+    return "invalid settings: " + "; ".join(lines)
