@@ -1,0 +1,157 @@
+"""Shared fixtures: the real default model (prepared once per machine), a tiny random model with the
+real tokenizer for fast tests, two LoRA adapters on it, and an app wired to them."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from asgi_lifespan import LifespanManager
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from inference_api.app import create_app  # noqa: E402
+from inference_api.modeling import builtin  # noqa: E402
+from inference_api.settings import ApiKeyConfig, Settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+ADMIN_KEY = "sk-test-admin-0123456789abcdef"
+USER_KEY = "sk-test-user-0123456789abcdef"
+DOCS_KEY = "sk-test-docs-only-0123456789ab"
+TEST_KEYS = [
+    ApiKeyConfig(name="admin", key=ADMIN_KEY, scopes=["infer", "chat", "documents", "admin"]),
+    ApiKeyConfig(name="user", key=USER_KEY, scopes=["infer", "chat", "documents"]),
+    ApiKeyConfig(name="docs-only", key=DOCS_KEY, scopes=["documents"]),
+]
+TINY_CONTEXT = 256
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """Kept between runs (ignored by git) so the default model is converted once per machine."""
+    path = Path(os.environ.get("TEST_DATA_DIR", ROOT / ".cache" / "test-data"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_model_dir(shared_data_dir: Path) -> Path:
+    return builtin.prepare_builtin(shared_data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, default_model_dir: Path) -> Path:
+    """A randomly initialised 2-layer Llama with SmolLM2's tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = AutoTokenizer.from_pretrained(str(default_model_dir))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=TINY_CONTEXT,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two LoRA adapters with random (non-zero) weights, so each changes the model's output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    adapters = {}
+    for name, seed in (("alpha", 1), ("beta", 2)):
+        torch.manual_seed(seed)
+        config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        peft_model = get_peft_model(copy.deepcopy(base), config)
+        folder = tmp_path_factory.mktemp(f"adapter-{name}")
+        peft_model.save_pretrained(str(folder))
+        adapters[name] = folder
+    return adapters
+
+
+@pytest.fixture
+def registry_file(tmp_path: Path, tiny_model_dir: Path, tiny_adapters: dict[str, Path]) -> Path:
+    path = tmp_path / "models.yaml"
+    models = [
+        {
+            "name": "tiny",
+            "path": str(tiny_model_dir),
+            "description": "random 2-layer llama",
+            "versions": [{"name": name, "adapter": str(folder)} for name, folder in tiny_adapters.items()],
+        },
+        {"name": "tiny-copy", "path": str(tiny_model_dir), "description": "the same weights again"},
+    ]
+    path.write_text(yaml.safe_dump({"models": models}))
+    return path
+
+
+def make_settings(data_dir: Path, registry_file: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "model_registry": registry_file,
+        "default_model": "tiny",
+        "api_keys": TEST_KEYS,
+        "cache_size": 2,
+        "max_new_tokens": 512,
+        "max_input_tokens": 200,
+        "request_timeout": 30.0,
+        "drain_timeout": 5.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg, arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, registry_file: Path) -> Settings:
+    return make_settings(tmp_path / "data", registry_file)
+
+
+async def wait_ready(client: httpx.AsyncClient, timeout: float = 60.0) -> None:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if (await client.get("/ready")).status_code == 200:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the app did not become ready")
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with (
+        LifespanManager(app, startup_timeout=120, shutdown_timeout=30),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60) as http,
+    ):
+        await wait_ready(http)
+        yield http
+
+
+def auth(key: str = USER_KEY) -> dict[str, str]:
+    return {"X-API-Key": key}
