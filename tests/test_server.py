@@ -1,0 +1,138 @@
+"""The real default model behind a real uvicorn process, over a real socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_KEY
+
+pytestmark = pytest.mark.real_model
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "DEFAULT_", "MODEL_"))}
+    env.update(
+        DATA_DIR=str(data_dir),
+        API_KEYS=json.dumps([{"name": "admin", "key": ADMIN_KEY, "scopes": ["infer", "admin"]}]),
+        HF_HUB_OFFLINE="1",
+        LOG_LEVEL="INFO",
+        **extra,
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def server(shared_data_dir: Path, default_model_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inference_api", "serve", "--port", str(port)],
+        env=server_env(shared_data_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                output = process.stdout.read().decode() if process.stdout else ""
+                raise AssertionError(f"server exited early:\n{output}")
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        else:
+            raise AssertionError("server never became ready")
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def test_capital_of_france_mentions_paris(server: tuple[str, subprocess.Popen[bytes]]) -> None:
+    url, _ = server
+    response = httpx.post(
+        f"{url}/infer",
+        json={"prompt": "What is the capital of France?", "max_new_tokens": 32},
+        headers={"X-API-Key": ADMIN_KEY},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "Paris" in body["result"]
+    assert body["metadata"]["model"] == "smollm2-135m-instruct"
+    assert response.headers["x-request-id"]
+
+
+def test_status_reports_the_loaded_default_model(server: tuple[str, subprocess.Popen[bytes]]) -> None:
+    url, _ = server
+    status = httpx.get(f"{url}/status", headers={"X-API-Key": ADMIN_KEY}, timeout=10).json()
+    assert status["status"] == "ready"
+    assert {"base_model": "smollm2-135m-instruct", "version": "base", "loaded": True} in status[
+        "cached_model_info"
+    ]
+
+
+def test_sigterm_stops_the_server_cleanly(server: tuple[str, subprocess.Popen[bytes]]) -> None:
+    _, process = server
+    process.send_signal(signal.SIGTERM)
+    # uvicorn drains, runs the lifespan's shutdown, then re-raises SIGTERM so the exit status tells why.
+    assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    output = process.stdout.read().decode() if process.stdout else ""
+    assert "Application shutdown complete" in output
+    assert "Traceback" not in output
+
+
+def test_models_prepare_command_reports_the_folder(shared_data_dir: Path, default_model_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "inference_api", "models", "prepare"],
+        env=server_env(shared_data_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert str(default_model_dir) in result.stdout
+
+
+def test_bad_setting_stops_start_up_naming_the_variable(shared_data_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "inference_api", "serve"],
+        env=server_env(shared_data_dir, MAX_QUEUE="lots"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "MAX_QUEUE" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_production_without_keys_refuses_to_start(tmp_path: Path) -> None:
+    env = server_env(tmp_path, ENVIRONMENT="production")
+    env.pop("API_KEYS")
+    result = subprocess.run(
+        [sys.executable, "-m", "inference_api", "serve"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "API_KEYS" in result.stderr
