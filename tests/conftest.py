@@ -17,9 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from inference_api.app import create_app  # noqa: E402
-from inference_api.modeling import builtin  # noqa: E402
-from inference_api.settings import ApiKeyConfig, Settings  # noqa: E402
+from inference_api.app import create_app
+from inference_api.modeling import builtin
+from inference_api.settings import ApiKeyConfig, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +122,7 @@ def make_settings(data_dir: Path, registry_file: Path, **overrides: object) -> S
         "drain_timeout": 5.0,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg, arg-type]
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -130,11 +130,11 @@ def settings(tmp_path: Path, registry_file: Path) -> Settings:
     return make_settings(tmp_path / "data", registry_file)
 
 
-async def wait_ready(client: httpx.AsyncClient, timeout: float = 60.0) -> None:
+async def wait_ready(client: httpx.AsyncClient, seconds: float = 60.0) -> None:
     import asyncio
 
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + seconds
     while loop.time() < deadline:
         if (await client.get("/ready")).status_code == 200:
             return

@@ -88,9 +88,7 @@ def test_status_reports_the_loaded_default_model(server: tuple[str, subprocess.P
     url, _ = server
     status = httpx.get(f"{url}/status", headers={"X-API-Key": ADMIN_KEY}, timeout=10).json()
     assert status["status"] == "ready"
-    assert {"base_model": "smollm2-135m-instruct", "version": "base", "loaded": True} in status[
-        "cached_model_info"
-    ]
+    assert {"base_model": "smollm2-135m-instruct", "version": "base", "loaded": True} in status["cached_model_info"]
 
 
 def test_sigterm_stops_the_server_cleanly(server: tuple[str, subprocess.Popen[bytes]]) -> None:

@@ -29,6 +29,8 @@ class Services:
 def check_configuration(settings: Settings) -> tuple[ApiKeyStore, ModelRegistry]:
     """Everything that can be refused before serving: keys, the registry, the default model's source."""
     keys = build_key_store(settings)
+    if settings.model_registry is not None and not settings.model_registry.is_file():
+        raise SettingsError(f"MODEL_REGISTRY: {settings.model_registry} does not exist")
     try:
         registry = ModelRegistry.from_file(
             settings.registry_path, ModelRef(settings.default_model, settings.default_version)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,17 +16,21 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+from pydantic_settings import (
+    SettingsError as PydanticSettingsError,
+)
 
 Scope = Literal["infer", "chat", "documents", "admin"]
 ALL_SCOPES: tuple[Scope, ...] = ("infer", "chat", "documents", "admin")
 DEFAULT_SCOPES: tuple[Scope, ...] = ("infer", "chat", "documents")
+MIN_KEY_LENGTH = 16
 
 
 class ApiKeyConfig(BaseModel):
     """One configured API key: a name for logs and ownership, the key (or its SHA-256), and scopes."""
 
     name: str = Field(min_length=1, max_length=128)
-    key: str | None = Field(default=None, min_length=16, repr=False)
+    key: str | None = Field(default=None, min_length=MIN_KEY_LENGTH, repr=False)
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", repr=False)
     scopes: list[Scope] = Field(default_factory=lambda: list(DEFAULT_SCOPES))
 
@@ -111,15 +115,29 @@ class SettingsError(Exception):
 def load_settings(**overrides: Any) -> Settings:
     """Build Settings, turning pydantic's report into one readable message per bad variable."""
     config_file = os.environ.get("CONFIG_FILE")
-    if config_file and not Path(config_file).is_file():
-        raise SettingsError(f"CONFIG_FILE: {config_file} does not exist")
+    if config_file:
+        _check_config_file(Path(config_file))
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
-    except (yaml.YAMLError, json.JSONDecodeError, ValueError) as exc:
-        raise SettingsError(f"invalid configuration: {exc}") from None
+    except PydanticSettingsError as exc:
+        # pydantic-settings reports an undecodable complex value (API_KEYS that is not JSON) by field name.
+        field = re.search(r'field "(\w+)"', str(exc))
+        variable = field.group(1).upper() if field else "settings"
+        raise SettingsError(f"{variable}: not valid JSON") from None
     return settings
+
+
+def _check_config_file(path: Path) -> None:
+    if not path.is_file():
+        raise SettingsError(f"CONFIG_FILE: {path} does not exist")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"CONFIG_FILE: {path} is not readable YAML ({type(exc).__name__})") from None
+    if content is not None and not isinstance(content, dict):
+        raise SettingsError(f"CONFIG_FILE: {path} must hold a mapping of setting names to values")
 
 
 def _describe(exc: ValidationError) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from inference_api.settings import ALL_SCOPES, ApiKeyConfig, Settings, SettingsError
+from inference_api.settings import ALL_SCOPES, MIN_KEY_LENGTH, ApiKeyConfig, Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,8 @@ def build_key_store(settings: Settings) -> ApiKeyStore:
 def _development_key(data_dir: Path) -> ApiKeyConfig:
     """One key with every scope, kept in DATA_DIR/dev-api-key so it survives restarts."""
     path = data_dir / DEV_KEY_FILE
-    if path.is_file():
-        key = path.read_text().strip()
-    else:
+    key = path.read_text().strip() if path.is_file() else ""
+    if len(key) < MIN_KEY_LENGTH:  # missing, or emptied / mangled by hand: make a fresh one
         data_dir.mkdir(parents=True, exist_ok=True)
         key = "sk-dev-" + secrets.token_urlsafe(24)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -58,7 +58,12 @@ class Engine:
         dtype = resolve_dtype(settings.dtype, device)
         queue = RequestQueue(settings.max_queue)
         cache = ModelCache(
-            registry, data_dir=settings.data_dir, device=device, dtype=dtype, capacity=settings.cache_size
+            registry,
+            data_dir=settings.data_dir,
+            device=device,
+            dtype=dtype,
+            capacity=settings.cache_size,
+            pinned=frozenset({registry.default}),
         )
         worker = DeviceWorker(f"worker-{device}", cache, queue, ModelRunner())
         limits = EngineLimits(settings.max_input_tokens, settings.max_new_tokens, settings.request_timeout)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import threading
+import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ class ModelCache:
         device: torch.device,
         dtype: torch.dtype,
         capacity: int,
+        pinned: frozenset[ModelRef] = frozenset(),
         loader: BaseLoader = load_base,
     ) -> None:
         self._registry = registry
@@ -63,6 +65,8 @@ class ModelCache:
         self.device = device
         self.dtype = dtype
         self.capacity = capacity
+        # Pinned entries (the default model: readiness promises it stays loaded) are never evicted.
+        self._pinned = pinned
         self._loader = loader
         self._entries: OrderedDict[ModelRef, LoadedModel] = OrderedDict()
         self._bases: dict[str, LoadedBase] = {}
@@ -83,8 +87,9 @@ class ModelCache:
         with self._lock:
             self._entries[ref] = entry
             victims = []
-            while len(self._entries) > self.capacity:
-                victims.append(self._entries.popitem(last=False)[1])
+            evictable = [r for r in self._entries if r not in self._pinned and r != ref]
+            while len(self._entries) > self.capacity and evictable:
+                victims.append(self._entries.pop(evictable.pop(0)))
         for victim in victims:
             self._release(victim)
         return entry
@@ -118,8 +123,6 @@ class ModelCache:
             self._release(victim)
 
     def _load(self, spec: BaseModelSpec, ref: ModelRef) -> LoadedModel:
-        import time
-
         started = time.perf_counter()
         with self._lock:
             base = self._bases.get(spec.name)
@@ -129,7 +132,14 @@ class ModelCache:
                 self._bases[spec.name] = base
         adapter = None if ref.version == BASE_VERSION else ref.version
         if adapter is not None and adapter not in base.adapters:
-            base.add_adapter(adapter, spec.adapters[adapter])
+            try:
+                base.add_adapter(adapter, spec.adapters[adapter])
+            except Exception:
+                # A base loaded only for this adapter must not outlive the failure outside CACHE_SIZE.
+                with self._lock:
+                    if not any(e.base is base for e in self._entries.values()):
+                        self._bases.pop(spec.name, None)
+                raise
         self.stats.load_seconds[ref] = time.perf_counter() - started
         return LoadedModel(ref, base, adapter)
 

@@ -50,8 +50,11 @@ class _ModelEntry(BaseModel):
         given = [s for s in (self.path, self.gguf, self.hub_id) if s is not None]
         if len(given) != 1:
             raise ValueError(f"model {self.name!r} needs exactly one of path, gguf or hub_id")
-        if any(v.name == BASE_VERSION for v in self.versions):
+        names = [v.name for v in self.versions]
+        if BASE_VERSION in names:
             raise ValueError(f"model {self.name!r}: version name {BASE_VERSION!r} is reserved")
+        if len(set(names)) != len(names):
+            raise ValueError(f"model {self.name!r}: a version is listed twice")
         return self
 
 
@@ -95,7 +98,11 @@ class ModelRegistry:
             )
         }
         if path is not None and path.is_file():
+            seen: set[str] = set()
             for entry in _parse(path).models:
+                if entry.name in seen:
+                    raise ValueError(f"MODEL_REGISTRY {path}: model {entry.name!r} is listed twice")
+                seen.add(entry.name)
                 specs[entry.name] = _spec_from_entry(entry, base_dir=path.parent)
         return cls(list(specs.values()), default)
 
