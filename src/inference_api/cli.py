@@ -60,18 +60,9 @@ def _prepare(settings: Settings) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    import uvicorn
-
-    from inference_api.app import create_app
+    from inference_api.server import serve
     from inference_api.services import check_configuration
 
     check_configuration(settings)  # refuse bad keys / models before binding the port
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
-    )
+    serve(settings)
     return 0

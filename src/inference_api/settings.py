@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None
 
     max_queue: int = Field(default=64, ge=1)
+    max_batch_size: int = Field(default=32, ge=1, le=256)
     max_input_tokens: int = Field(default=4096, ge=1)
     max_new_tokens: int = Field(default=512, ge=1)
     request_timeout: float = Field(default=120.0, gt=0)

@@ -23,8 +23,8 @@ async def test_requests_come_out_in_order() -> None:
     queue.put_nowait(second)
     assert len(queue) == 2
     assert await queue.get() is first
-    assert queue.get_nowait() is second
-    assert queue.get_nowait() is None
+    assert queue.take(lambda r: True, 5) == [second]
+    assert queue.take(lambda r: True, 5) == []
     assert len(queue) == 0
 
 
@@ -38,7 +38,7 @@ async def test_a_full_queue_refuses_at_once_with_retry_after() -> None:
     assert caught.value.retry_after == 7
     assert caught.value.status == 503
     assert len(queue) == 2  # the refused request was not added
-    queue.get_nowait()
+    queue.take(lambda r: True, 1)
     queue.put_nowait(request())  # a taken request frees a slot
     assert len(queue) == 2
 
@@ -153,3 +153,37 @@ async def test_drain_empties_the_queue() -> None:
     assert queue.drain() == items
     assert len(queue) == 0
     assert queue.drain() == []
+
+
+async def test_take_admits_only_what_the_predicate_accepts_oldest_first() -> None:
+    queue = RequestQueue(maxsize=8)
+    a1 = GenerationRequest(ModelRef("a"), [1], SamplingParams(max_new_tokens=1))
+    b1 = GenerationRequest(ModelRef("b"), [1], SamplingParams(max_new_tokens=1))
+    a2 = GenerationRequest(ModelRef("a"), [1], SamplingParams(max_new_tokens=1))
+    a3 = GenerationRequest(ModelRef("a"), [1], SamplingParams(max_new_tokens=1))
+    for r in (a1, b1, a2, a3):
+        queue.put_nowait(r)
+    assert queue.take(lambda r: r.model.base == "a", 2) == [a1, a2]
+    assert queue.oldest() is b1
+    assert len(queue) == 2
+
+
+async def test_get_prefers_what_the_worker_holds_else_the_oldest() -> None:
+    queue = RequestQueue(maxsize=8)
+    a = GenerationRequest(ModelRef("a"), [1], SamplingParams(max_new_tokens=1))
+    b = GenerationRequest(ModelRef("b"), [1], SamplingParams(max_new_tokens=1))
+    queue.put_nowait(a)
+    queue.put_nowait(b)
+    assert await queue.get(prefer=lambda r: r.model.base == "b") is b
+    assert await queue.get(prefer=lambda r: r.model.base == "b") is a
+
+
+async def test_expire_takes_out_only_requests_past_their_deadline() -> None:
+    queue = RequestQueue(maxsize=8)
+    late = GenerationRequest(ModelRef("a"), [1], SamplingParams(max_new_tokens=1), deadline=10.0)
+    fine = GenerationRequest(ModelRef("a"), [1], SamplingParams(max_new_tokens=1), deadline=100.0)
+    never = GenerationRequest(ModelRef("a"), [1], SamplingParams(max_new_tokens=1))
+    for r in (late, fine, never):
+        queue.put_nowait(r)
+    assert queue.expire(now=50.0) == [late]
+    assert len(queue) == 2

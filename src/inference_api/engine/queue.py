@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
 from inference_api.engine.types import GenerationRequest
 from inference_api.errors import ErrorCode, ServiceError
@@ -45,16 +46,39 @@ class RequestQueue:
             return False
         return True
 
-    def get_nowait(self) -> GenerationRequest | None:
-        return self._items.popleft() if self._items else None
+    def oldest(self) -> GenerationRequest | None:
+        return self._items[0] if self._items else None
 
-    async def get(self) -> GenerationRequest | None:
-        """The next request; None once the queue is closed and empty."""
+    def take(self, accept: Callable[[GenerationRequest], bool], limit: int) -> list[GenerationRequest]:
+        """Up to `limit` waiting requests that `accept` admits, oldest first, without waiting."""
+        taken: list[GenerationRequest] = []
+        for request in list(self._items):
+            if len(taken) >= limit:
+                break
+            if accept(request):
+                self._items.remove(request)
+                taken.append(request)
+        return taken
+
+    def expire(self, now: float) -> list[GenerationRequest]:
+        """Take out the requests whose deadline passed while they waited."""
+        expired = [r for r in self._items if r.expired(now)]
+        for request in expired:
+            self._items.remove(request)
+        return expired
+
+    async def get(self, prefer: Callable[[GenerationRequest], bool] | None = None) -> GenerationRequest | None:
+        """The oldest request `prefer` likes, else the oldest; None once the queue is closed and empty."""
         while not self._items:
             if self._closed:
                 return None
             self._changed.clear()
             await self._changed.wait()
+        if prefer is not None:
+            for request in self._items:
+                if prefer(request):
+                    self._items.remove(request)
+                    return request
         return self._items.popleft()
 
     def close(self) -> None:

@@ -1,8 +1,6 @@
-"""Blocking model steps: prefill, one decode step, beam search. Runs on a worker's thread only.
+"""Per-sequence decoding state: which tokens came, what text they release, when the sequence ends.
 
-The decode loop is written here rather than delegated to `generate` so that the worker regains
-control after every token: that is where cancellation, deadlines and streaming happen (and where
-the engine issue admits newcomers into a running batch).
+The forward passes live in `batch.py`; beam search, which cannot share a token-by-token batch, is here.
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ from typing import Any
 
 import torch
 
-from inference_api.engine.sampling import choose_next, make_generator
+from inference_api.engine.sampling import make_generator
 from inference_api.engine.types import FinishReason, GenerationRequest, SamplingParams
 from inference_api.modeling.cache import LoadedModel
 
@@ -84,7 +82,6 @@ class Sequence:
     assembler: TextAssembler
     eos: frozenset[int]
     generator: torch.Generator | None
-    cache: Any = None
     last_token: int | None = None
     tokens_generated: int = 0
     finish_reason: FinishReason | None = None
@@ -94,87 +91,67 @@ class Sequence:
         return self.request.params
 
 
-class ModelRunner:
-    """Stateless: every method takes the loaded model and the sequence it advances."""
+def new_sequence(model: LoadedModel, request: GenerationRequest) -> Sequence:
+    base = model.base
+    return Sequence(
+        request=request,
+        assembler=TextAssembler(base.tokenizer, request.params.stop),
+        eos=eos_ids(model),
+        generator=make_generator(request.params, base.device),
+    )
 
-    def prefill(self, model: LoadedModel, request: GenerationRequest) -> tuple[Sequence, str]:
-        from transformers import DynamicCache
 
-        model.activate()
-        base = model.base
-        seq = Sequence(
-            request=request,
-            assembler=TextAssembler(base.tokenizer, request.params.stop),
-            eos=eos_ids(model),
-            generator=make_generator(request.params, base.device),
-            cache=DynamicCache(config=base.model.config),
-        )
-        ids = torch.tensor([request.prompt_ids], device=base.device)
-        with torch.inference_mode():
-            out = base.model(input_ids=ids, past_key_values=seq.cache, use_cache=True)
-        return seq, self._advance(seq, out.logits[0, -1])
+def advance(seq: Sequence, token: int) -> str:
+    """Record the chosen token; returns the text it releases and sets `finish_reason` when done."""
+    seq.last_token = token
+    if token in seq.eos:
+        seq.finish_reason = "stop"
+        return seq.assembler.finish()
+    seq.tokens_generated += 1
+    delta = seq.assembler.add(token)
+    if seq.assembler.stopped:
+        seq.finish_reason = "stop"
+    elif seq.tokens_generated >= seq.params.max_new_tokens:
+        seq.finish_reason = "length"
+        delta += seq.assembler.finish()
+    return delta
 
-    def decode(self, model: LoadedModel, seq: Sequence) -> str:
-        model.activate()
-        assert seq.last_token is not None
-        ids = torch.tensor([[seq.last_token]], device=model.base.device)
-        with torch.inference_mode():
-            out = model.base.model(input_ids=ids, past_key_values=seq.cache, use_cache=True)
-        return self._advance(seq, out.logits[0, -1])
 
-    def release(self, seq: Sequence) -> None:
-        seq.cache = None
+def beam_search(model: LoadedModel, request: GenerationRequest) -> tuple[str, int, FinishReason]:
+    """Beam search does not fit token-by-token batching; it runs alone as one `generate` call."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
 
-    def _advance(self, seq: Sequence, logits: torch.Tensor) -> str:
-        token = choose_next(logits, seq.params, seq.generator)
-        seq.last_token = token
-        if token in seq.eos:
-            seq.finish_reason = "stop"
-            return seq.assembler.finish()
-        seq.tokens_generated += 1
-        delta = seq.assembler.add(token)
-        if seq.assembler.stopped:
-            seq.finish_reason = "stop"
-        elif seq.tokens_generated >= seq.params.max_new_tokens:
-            seq.finish_reason = "length"
-            delta += seq.assembler.finish()
-        return delta
+    class _Abandoned(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            stop = request.cancelled or request.expired()
+            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
 
-    def beam_search(self, model: LoadedModel, request: GenerationRequest) -> tuple[str, int, FinishReason]:
-        """Beam search does not fit token-by-token batching; it runs as one `generate` call."""
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        class _Abandoned(StoppingCriteria):
-            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-                stop = request.cancelled or request.expired()
-                return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
-
-        model.activate()
-        base = model.base
-        params = request.params
-        ids = torch.tensor([request.prompt_ids], device=base.device)
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": params.max_new_tokens,
-            "num_beams": params.num_beams,
-            "do_sample": not params.greedy,
-            "pad_token_id": base.tokenizer.pad_token_id,
-            "eos_token_id": sorted(eos_ids(model)),
-            "stopping_criteria": StoppingCriteriaList([_Abandoned()]),
-        }
-        if not params.greedy:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-        with torch.inference_mode():
-            out = base.model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
-        new = out[0, ids.shape[1] :].tolist()
-        eos = eos_ids(model)
-        ended_on_eos = bool(new) and new[-1] in eos
-        tokens = [t for t in new if t not in eos and t != base.tokenizer.pad_token_id]
-        assembler = TextAssembler(base.tokenizer, params.stop)
-        for token in tokens:
-            assembler.add(token)
-            if assembler.stopped:
-                break
-        reason: FinishReason = "stop" if ended_on_eos or assembler.stopped else "length"
-        return assembler.text, len(tokens), reason
+    model.activate()
+    base = model.base
+    params = request.params
+    ids = torch.tensor([request.prompt_ids], device=base.device)
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": params.max_new_tokens,
+        "num_beams": params.num_beams,
+        "do_sample": not params.greedy,
+        "pad_token_id": base.tokenizer.pad_token_id,
+        "eos_token_id": sorted(eos_ids(model)),
+        "stopping_criteria": StoppingCriteriaList([_Abandoned()]),
+    }
+    if not params.greedy:
+        kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+    with torch.inference_mode():
+        out = base.model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+    new = out[0, ids.shape[1] :].tolist()
+    eos = eos_ids(model)
+    ended_on_eos = bool(new) and new[-1] in eos
+    tokens = [t for t in new if t not in eos and t != base.tokenizer.pad_token_id]
+    assembler = TextAssembler(base.tokenizer, params.stop)
+    for token in tokens:
+        assembler.add(token)
+        if assembler.stopped:
+            break
+    reason: FinishReason = "stop" if ended_on_eos or assembler.stopped else "length"
+    return assembler.text, len(tokens), reason

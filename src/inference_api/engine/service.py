@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from inference_api.engine.queue import RequestQueue
-from inference_api.engine.runner import ModelRunner
 from inference_api.engine.types import Completion, GenerationRequest, SamplingParams
 from inference_api.engine.worker import DeviceWorker
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling.cache import ModelCache
-from inference_api.modeling.loader import resolve_device, resolve_dtype
+from inference_api.modeling.loader import resolve_dtype, worker_devices
 from inference_api.modeling.prompt import PromptEncoder
 from inference_api.modeling.registry import ModelRef, ModelRegistry
 from inference_api.settings import Settings
@@ -54,20 +53,20 @@ class Engine:
 
     @classmethod
     def build(cls, settings: Settings, registry: ModelRegistry, encoder: PromptEncoder) -> Engine:
-        device = resolve_device(settings.device)
-        dtype = resolve_dtype(settings.dtype, device)
         queue = RequestQueue(settings.max_queue)
-        cache = ModelCache(
-            registry,
-            data_dir=settings.data_dir,
-            device=device,
-            dtype=dtype,
-            capacity=settings.cache_size,
-            pinned=frozenset({registry.default}),
-        )
-        worker = DeviceWorker(f"worker-{device}", cache, queue, ModelRunner())
+        workers = []
+        for device in worker_devices(settings.device):
+            cache = ModelCache(
+                registry,
+                data_dir=settings.data_dir,
+                device=device,
+                dtype=resolve_dtype(settings.dtype, device),
+                capacity=settings.cache_size,
+                pinned=frozenset({registry.default}),
+            )
+            workers.append(DeviceWorker(f"worker-{device}", cache, queue, max_batch_size=settings.max_batch_size))
         limits = EngineLimits(settings.max_input_tokens, settings.max_new_tokens, settings.request_timeout)
-        return cls(registry, encoder, [worker], queue, limits)
+        return cls(registry, encoder, workers, queue, limits)
 
     @property
     def ready(self) -> bool:
@@ -75,16 +74,31 @@ class Engine:
 
     async def start(self, warm_up: bool = True) -> None:
         """Start the workers; loading and warming the default model goes on in the background."""
-        self._tasks = [asyncio.create_task(w.run(), name=w.name) for w in self.workers]
+        self._tasks = [asyncio.create_task(self._supervise(w), name=w.name) for w in self.workers]
         if warm_up:
             self._tasks.append(asyncio.create_task(self._warm_up(), name="warm-up"))
+
+    async def _supervise(self, worker: DeviceWorker) -> None:
+        """Run a worker's loop; if the loop itself breaks, answer its requests and start it again."""
+        while True:
+            try:
+                await worker.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("worker %s failed; restarting it", worker.name)
+                worker.fail_in_flight(ErrorCode.INTERNAL_ERROR, "the worker serving this request failed")
+                worker.stats.restarts += 1
+                await asyncio.sleep(0.1)  # a loop that fails at once must not spin
 
     async def _warm_up(self) -> None:
         self.state = "loading"
         ref = self.registry.default
         try:
             started = time.perf_counter()
-            await self._worker_for(ref).load(ref)
+            for worker in self.workers:
+                await worker.load(ref)
             encoded = await asyncio.to_thread(self.encoder.encode_chat, ref.base, _WARM_UP_PROMPT)
             request = GenerationRequest(ref, encoded.ids, SamplingParams(max_new_tokens=2))
             self.queue.put_nowait(request)
@@ -160,10 +174,15 @@ class Engine:
                 return worker
         return self.workers[0]
 
+    def begin_drain(self) -> None:
+        """SIGTERM: readiness turns 503 and new requests are refused; accepted ones keep being served."""
+        if self.state not in ("stopped",):
+            self.state = "draining"
+        self.queue.close()
+
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop accepting, let queued and running requests finish up to `drain_timeout`, then stop."""
-        self.state = "draining"
-        self.queue.close()
+        self.begin_drain()
         workers = [t for t in self._tasks if t.get_name() != "warm-up"]
         _, pending = await asyncio.wait(workers, timeout=drain_timeout) if workers else (set(), set())
         for task in pending:
@@ -171,8 +190,7 @@ class Engine:
         for request in self.queue.drain():
             request.fail(ErrorCode.SHUTTING_DOWN, "the server shut down before this request was served")
         for worker in self.workers:
-            if worker.current is not None:
-                worker.current.fail(ErrorCode.SHUTTING_DOWN, "the server shut down during generation")
+            worker.fail_in_flight(ErrorCode.SHUTTING_DOWN, "the server shut down during generation")
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -190,7 +208,12 @@ class Engine:
                     "name": w.name,
                     "device": str(w.device),
                     "dtype": str(w.cache.dtype).removeprefix("torch."),
-                    "busy": w.current is not None,
+                    "busy": bool(w.running()),
+                    "batch_size": w.batch_size,
+                    "max_batch_size": w.max_batch_size,
+                    "running": [r.id for r in w.running()],
+                    "steps": w.stats.steps,
+                    "restarts": w.stats.restarts,
                     "served": w.stats.served,
                     "failed": w.stats.failed,
                     "cancelled": w.stats.cancelled,

@@ -1,8 +1,10 @@
-"""One worker per device: it owns that device's model cache and a single thread for blocking model work.
+"""One worker per device: it owns that device's model cache, a running batch, and one thread for model work.
 
 The worker's loop runs on the event loop and hands each blocking step (load, prefill, one decode
-step) to its thread. Between steps it is back on the loop, where it sees cancellations and
-deadlines and delivers text deltas to the waiting request.
+step of the whole batch) to its thread. Between steps it is back on the loop: it admits waiting
+requests into the batch, drops rows whose client left or whose deadline passed, and delivers each
+row's text delta. A batch serves one (model, version) at a time; requests for another wait until it
+drains, and a request kept waiting that way for `switch_after` seconds stops new joins so it can.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import ParamSpec, TypeVar
 
 import torch
 
+from inference_api.engine.batch import DecodeBatch
 from inference_api.engine.queue import RequestQueue
-from inference_api.engine.runner import ModelRunner, Sequence
+from inference_api.engine.runner import Sequence, beam_search, new_sequence
 from inference_api.engine.types import Completion, Failure, GenerationRequest, TextDelta
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling.cache import LoadedModel, ModelCache
@@ -37,21 +40,43 @@ class WorkerStats:
     failed: int = 0
     cancelled: int = 0
     tokens_generated: int = 0
+    steps: int = 0
+    prefills: int = 0
+    restarts: int = 0
 
 
 class DeviceWorker:
-    def __init__(self, name: str, cache: ModelCache, queue: RequestQueue, runner: ModelRunner) -> None:
+    def __init__(
+        self,
+        name: str,
+        cache: ModelCache,
+        queue: RequestQueue,
+        *,
+        max_batch_size: int,
+        switch_after: float = 2.0,
+    ) -> None:
         self.name = name
         self.cache = cache
+        self.max_batch_size = max_batch_size
+        self.switch_after = switch_after
         self._queue = queue
-        self._runner = runner
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self.current: GenerationRequest | None = None
+        self._batch: DecodeBatch | None = None
+        self._solo: GenerationRequest | None = None  # a beam search, served outside the batch
         self.stats = WorkerStats()
 
     @property
     def device(self) -> torch.device:
         return self.cache.device
+
+    @property
+    def batch_size(self) -> int:
+        return len(self._batch) if self._batch is not None else 0
+
+    def running(self) -> list[GenerationRequest]:
+        """Requests this worker is generating for right now."""
+        rows = [s.request for s in self._batch.sequences] if self._batch is not None else []
+        return rows + ([self._solo] if self._solo is not None else [])
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run blocking model work on this worker's thread, keeping the event loop free."""
@@ -64,95 +89,180 @@ class DeviceWorker:
     async def unload(self, base: str) -> int:
         return await self.call(self.cache.evict, base)
 
-    async def run(self) -> None:
-        """Serve requests until the queue is closed and empty."""
-        while (request := await self._queue.get()) is not None:
-            self.current = request
-            try:
-                await self.serve(request)
-            finally:
-                self.current = None
+    def holds(self, request: GenerationRequest) -> bool:
+        return self.cache.peek(request.model) is not None
 
-    async def serve(self, request: GenerationRequest) -> None:
-        """Take one request to its end: a completion, or a failure the caller can report."""
-        if request.cancelled:
-            self.stats.cancelled += 1
-            return
-        if request.expired():
+    async def run(self) -> None:
+        """Serve until the queue is closed and empty and the batch has drained."""
+        while True:
+            if self._batch is None:
+                first = await self._queue.get(prefer=self.holds)
+                if first is None:
+                    return
+                await self._admit([first])
+            else:
+                self._expire_waiting()
+                room = self.max_batch_size - len(self._batch)
+                if room > 0 and not self._must_drain():
+                    newcomers = self._queue.take(self._joins_batch, room)
+                    if newcomers:
+                        await self._admit(newcomers)
+            if self._batch is not None:
+                await self._step()
+
+    def fail_in_flight(self, code: ErrorCode, message: str) -> None:
+        """Give every request this worker holds an answer (used when the loop itself broke)."""
+        for request in self.running():
+            request.fail(code, message)
+            self.stats.failed += 1
+        self._batch = None
+        self._solo = None
+
+    def _joins_batch(self, request: GenerationRequest) -> bool:
+        assert self._batch is not None
+        return request.model == self._batch.model.ref and request.params.num_beams == 1
+
+    def _must_drain(self) -> bool:
+        """True when the oldest waiting request cannot join and has waited long enough to get its turn."""
+        oldest = self._queue.oldest()
+        if oldest is None or self._joins_batch(oldest):
+            return False
+        return time.monotonic() - oldest.enqueued_at >= self.switch_after
+
+    def _expire_waiting(self) -> None:
+        for request in self._queue.expire(time.monotonic()):
             request.fail(ErrorCode.TIMEOUT, "the request deadline passed while it was queued")
             self.stats.failed += 1
+
+    async def _admit(self, requests: list[GenerationRequest]) -> None:
+        now = time.monotonic()
+        live = []
+        for request in requests:
+            if request.cancelled:
+                self.stats.cancelled += 1
+            elif request.expired(now):
+                request.fail(ErrorCode.TIMEOUT, "the request deadline passed while it was queued")
+                self.stats.failed += 1
+            else:
+                request.started_at = now
+                live.append(request)
+        for request in [r for r in live if r.params.num_beams > 1]:
+            await self._serve_beam(request)
+        live = [r for r in live if r.params.num_beams == 1]
+        if not live:
             return
-        request.started_at = time.monotonic()
+        try:
+            model = await self.load(live[0].model)
+        except Exception as exc:
+            self._fail(live, exc)
+            return
+        if self._batch is None:
+            self._batch = DecodeBatch(model)
+        batch = self._batch
+        sequences = [new_sequence(model, r) for r in live]
+        try:
+            deltas = await self.call(batch.prefill, sequences)
+        except Exception as exc:
+            # The forward pass failed before the newcomers joined: the running rows are untouched.
+            self._fail(live, exc)
+            if not batch.sequences:
+                self._batch = None
+            return
+        self.stats.prefills += 1
+        self._deliver(batch, sequences, deltas)
+
+    async def _step(self) -> None:
+        batch = self._batch
+        assert batch is not None
+        self._drop_abandoned(batch)
+        if batch.sequences:
+            try:
+                deltas = await self.call(batch.step)
+            except Exception as exc:
+                self._fail([s.request for s in batch.sequences], exc)
+                self._batch = None
+                return
+            self.stats.steps += 1
+            self._deliver(batch, batch.sequences, deltas)
+        if not batch.sequences:
+            self._batch = None
+
+    def _drop_abandoned(self, batch: DecodeBatch) -> None:
+        now = time.monotonic()
+        leaving = []
+        for seq in batch.sequences:
+            if seq.request.cancelled:
+                self.stats.cancelled += 1
+                leaving.append(seq)
+            elif seq.request.expired(now):
+                seq.request.fail(ErrorCode.TIMEOUT, "the request deadline passed during generation")
+                self.stats.failed += 1
+                leaving.append(seq)
+        batch.remove(leaving)
+
+    def _deliver(self, batch: DecodeBatch, sequences: list[Sequence], deltas: list[str]) -> None:
+        finished = []
+        for seq, delta in zip(list(sequences), deltas, strict=True):
+            if delta:
+                seq.request.emit(TextDelta(delta))
+            if seq.finish_reason is not None:
+                self._complete(seq.request, seq.assembler.text, seq.finish_reason, seq.tokens_generated)
+                finished.append(seq)
+        batch.remove(finished)
+
+    async def _serve_beam(self, request: GenerationRequest) -> None:
+        self._solo = request
         try:
             model = await self.load(request.model)
-            if request.params.num_beams > 1:
-                await self._beam_search(model, request)
-            else:
-                await self._decode(model, request)
-        except ServiceError as exc:
-            request.emit(Failure(exc))
-        except torch.OutOfMemoryError:
-            logger.warning("device out of memory serving %s on %s", request.id, self.name)
-            self._free_memory()
-            request.fail(ErrorCode.OUT_OF_MEMORY, "the device ran out of memory for this request")
-        except Exception:
-            logger.exception("generation failed for request %s", request.id)
-            request.fail(ErrorCode.INTERNAL_ERROR, "generation failed; see the server log")
+            text, tokens, reason = await self.call(beam_search, model, request)
+        except Exception as exc:
+            self._fail([request], exc)
+            return
+        finally:
+            self._solo = None
         if request.cancelled:
             self.stats.cancelled += 1
-        elif not request.finished:
-            # Every path above ends in emit() unless the client left: this keeps that promise.
-            request.fail(ErrorCode.INTERNAL_ERROR, "generation ended without a result")
-        elif request.started_at is not None:
-            self.stats.served += 1
-
-    async def _decode(self, model: LoadedModel, request: GenerationRequest) -> None:
-        seq, delta = await self.call(self._runner.prefill, model, request)
-        try:
-            self._deliver(request, delta)
-            while seq.finish_reason is None:
-                if request.cancelled:
-                    return
-                if request.expired():
-                    request.fail(ErrorCode.TIMEOUT, "the request deadline passed during generation")
-                    return
-                delta = await self.call(self._runner.decode, model, seq)
-                self._deliver(request, delta)
-            self._complete(request, seq)
-        finally:
-            self._runner.release(seq)
-
-    async def _beam_search(self, model: LoadedModel, request: GenerationRequest) -> None:
-        text, tokens, reason = await self.call(self._runner.beam_search, model, request)
-        if request.cancelled:
-            return
-        if request.expired():
+        elif request.expired():
             request.fail(ErrorCode.TIMEOUT, "the request deadline passed during generation")
-            return
-        self._deliver(request, text)
-        self.stats.tokens_generated += tokens
-        request.emit(self._completion(request, text, reason, tokens))
+            self.stats.failed += 1
+        else:
+            if text:
+                request.emit(TextDelta(text))
+            self._complete(request, text, reason, tokens)
 
-    def _deliver(self, request: GenerationRequest, delta: str) -> None:
-        if delta:
-            request.emit(TextDelta(delta))
-
-    def _complete(self, request: GenerationRequest, seq: Sequence) -> None:
-        assert seq.finish_reason is not None
-        self.stats.tokens_generated += seq.tokens_generated
-        request.emit(self._completion(request, seq.assembler.text, seq.finish_reason, seq.tokens_generated))
-
-    def _completion(self, request: GenerationRequest, text: str, reason: str, tokens: int) -> Completion:
+    def _complete(self, request: GenerationRequest, text: str, reason: str, tokens: int) -> None:
         started = request.started_at or request.enqueued_at
-        return Completion(
-            text=text,
-            finish_reason="stop" if reason == "stop" else "length",
-            model=request.model,
-            prompt_tokens=len(request.prompt_ids),
-            tokens_generated=tokens,
-            queue_time=started - request.enqueued_at,
-            generation_time=time.monotonic() - started,
+        self.stats.served += 1
+        self.stats.tokens_generated += tokens
+        request.emit(
+            Completion(
+                text=text,
+                finish_reason="stop" if reason == "stop" else "length",
+                model=request.model,
+                prompt_tokens=len(request.prompt_ids),
+                tokens_generated=tokens,
+                queue_time=started - request.enqueued_at,
+                generation_time=time.monotonic() - started,
+            )
         )
+
+    def _fail(self, requests: list[GenerationRequest], exc: Exception) -> None:
+        """Answer each request with the error that fits; the worker itself carries on."""
+        if isinstance(exc, ServiceError):
+            failure = exc
+        elif isinstance(exc, torch.OutOfMemoryError):
+            logger.warning("device out of memory on %s; failing %d request(s)", self.name, len(requests))
+            self._free_memory()
+            failure = ServiceError(ErrorCode.OUT_OF_MEMORY, "the device ran out of memory for this request")
+        else:
+            logger.error("generation failed on %s", self.name, exc_info=exc)
+            failure = ServiceError(ErrorCode.INTERNAL_ERROR, "generation failed; see the server log")
+        for request in requests:
+            if not request.cancelled:
+                request.emit(Failure(failure))
+                self.stats.failed += 1
+            else:
+                self.stats.cancelled += 1
 
     def _free_memory(self) -> None:
         if self.device.type == "cuda":

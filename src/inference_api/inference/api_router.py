@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from inference_api.api.deps import EngineDep
+from inference_api.api.disconnect import cancel_on_disconnect
 from inference_api.api.errors import request_id_of
 from inference_api.auth.deps import InferCallerDep
 from inference_api.inference.protocol import InferRequest, InferResponse
@@ -35,7 +36,7 @@ async def infer(
     """Generate a completion for one prompt (Server-Sent Events with `"stream": true`)."""
     arrived = time.monotonic()
     if not body.stream:
-        return await service.infer(body, arrived)
+        return await cancel_on_disconnect(request, service.infer(body, arrived))
     # Admitted before the response starts, so a full queue is still an ordinary 503 with Retry-After.
     generation = await service.prepare(body, arrived)
     service.admit(generation)

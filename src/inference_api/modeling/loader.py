@@ -30,6 +30,13 @@ def resolve_device(setting: str) -> torch.device:
     return device
 
 
+def worker_devices(setting: str) -> list[torch.device]:
+    """One worker per device: every CUDA device for `auto`/`cuda` when there are any, else the CPU."""
+    if setting in ("auto", "cuda") and torch.cuda.is_available():
+        return [torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())]
+    return [resolve_device(setting)]
+
+
 def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
     if setting != "auto":
         return _DTYPES[setting]

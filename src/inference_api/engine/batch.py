@@ -1,0 +1,134 @@
+"""A running batch: sequences of one model that decode together, one token each per step.
+
+Why a hand-written loop over transformers' own continuous batching (`generate_batch`): on this
+project's CPU machines the paged-cache path gave 18-77 tokens/s where a padded batch through the
+plain model gave 177-297 (../shared/DEPENDENCIES.md), because the per-step Python and paging work
+dominates at these model sizes. So the batch keeps one left-padded KV cache: newcomers are
+prefilled together, then their cache rows are padded on the left to the batch's length and joined;
+finished rows are dropped between steps, and columns that became padding in every row are trimmed.
+Each row carries its own positions and attention mask, so a sequence's logits do not depend on its
+neighbours beyond floating-point reduction order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from inference_api.engine.runner import Sequence, advance
+from inference_api.engine.sampling import choose_next
+from inference_api.modeling.cache import LoadedModel
+
+
+class DecodeBatch:
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self.sequences: list[Sequence] = []
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None  # [rows, columns], 1 where a real token sits
+        self._positions: torch.Tensor | None = None  # [rows], position of each row's next token
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def width(self) -> int:
+        """Columns of the KV cache, padding included."""
+        return 0 if self._mask is None else int(self._mask.shape[1])
+
+    def prefill(self, sequences: list[Sequence]) -> list[str]:
+        """Run the newcomers' prompts together and join them to the batch; returns each one's first delta."""
+        base = self.model.base
+        self.model.activate()
+        device = base.device
+        lengths = [len(s.request.prompt_ids) for s in sequences]
+        width = max(lengths)
+        pad_id = base.tokenizer.pad_token_id or 0
+        ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long, device=device)
+        for row, (seq, length) in enumerate(zip(sequences, lengths, strict=True)):
+            ids[row, width - length :] = torch.tensor(seq.request.prompt_ids, device=device)
+            mask[row, width - length :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=base.model.config)
+        with torch.inference_mode():
+            out = base.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        self._join(cache, mask, torch.tensor(lengths, device=device), sequences)
+        return self._choose(sequences, out.logits[:, -1])
+
+    def step(self) -> list[str]:
+        """One decode step for every row; returns each row's text delta, in `sequences` order."""
+        assert self._mask is not None and self._positions is not None
+        base = self.model.base
+        self.model.activate()
+        tokens = torch.tensor([[s.last_token] for s in self.sequences], device=base.device)
+        self._mask = torch.cat([self._mask, self._mask.new_ones((len(self), 1))], dim=1)
+        with torch.inference_mode():
+            out = base.model(
+                input_ids=tokens,
+                attention_mask=self._mask,
+                position_ids=self._positions[:, None],
+                past_key_values=self._cache,
+                use_cache=True,
+            )
+        self._positions = self._positions + 1
+        return self._choose(self.sequences, out.logits[:, -1])
+
+    def remove(self, leaving: list[Sequence]) -> None:
+        """Drop rows (finished, cancelled or failed) and the columns that only they were using."""
+        if not leaving:
+            return
+        gone = {id(s) for s in leaving}
+        keep = [i for i, s in enumerate(self.sequences) if id(s) not in gone]
+        self.sequences = [self.sequences[i] for i in keep]
+        if not keep:
+            self._cache = self._mask = self._positions = None
+            return
+        assert self._mask is not None and self._positions is not None
+        index = torch.tensor(keep, device=self._mask.device)
+        mask = self._mask.index_select(0, index)
+        first = int(mask.any(dim=0).nonzero()[0].item())
+        self._mask = mask[:, first:]
+        self._positions = self._positions.index_select(0, index)
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, first:]
+            layer.values = layer.values.index_select(0, index)[:, :, first:]
+
+    def _join(self, cache: Any, mask: torch.Tensor, positions: torch.Tensor, sequences: list[Sequence]) -> None:
+        self.sequences.extend(sequences)
+        if self._cache is None:
+            self._cache, self._mask, self._positions = cache, mask, positions
+            return
+        assert self._mask is not None and self._positions is not None
+        width = max(self.width, int(mask.shape[1]))
+        old_pad, new_pad = width - self.width, width - int(mask.shape[1])
+        for old, new in zip(self._cache.layers, cache.layers, strict=True):
+            old.keys = torch.cat([_pad_left(old.keys, old_pad), _pad_left(new.keys, new_pad)], dim=0)
+            old.values = torch.cat([_pad_left(old.values, old_pad), _pad_left(new.values, new_pad)], dim=0)
+        self._mask = torch.cat([F.pad(self._mask, (old_pad, 0)), F.pad(mask, (new_pad, 0))], dim=0)
+        self._positions = torch.cat([self._positions, positions])
+
+    def _choose(self, sequences: list[Sequence], logits: torch.Tensor) -> list[str]:
+        # One argmax for the whole batch; only sampled rows pay for their own softmax.
+        greedy = logits.argmax(dim=-1).tolist()
+        deltas = []
+        for row, seq in enumerate(sequences):
+            token = greedy[row] if seq.params.greedy else choose_next(logits[row], seq.params, seq.generator)
+            deltas.append(advance(seq, token))
+        return deltas
+
+
+def _pad_left(states: torch.Tensor, columns: int) -> torch.Tensor:
+    """Pad a [batch, heads, columns, dim] cache tensor with zero columns on the left."""
+    return F.pad(states, (0, 0, columns, 0)) if columns else states

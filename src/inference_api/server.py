@@ -1,0 +1,42 @@
+"""Running the app under uvicorn, with readiness that turns 503 the moment SIGTERM arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from types import FrameType
+
+import uvicorn
+
+from inference_api.app import create_app
+from inference_api.settings import Settings
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn alone keeps answering /ready 200 until every connection has closed, so a load balancer
+    would go on sending traffic to a pod that is leaving; this one starts the engine's drain at once."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        services = getattr(getattr(self.config.app, "state", None), "services", None)
+        if services is not None and self._loop is not None:
+            # Signal handlers may run in the middle of the loop's own work: hand over, don't act here.
+            self._loop.call_soon_threadsafe(services.engine.begin_drain)
+        super().handle_exit(sig, frame)
+
+
+def serve(settings: Settings) -> None:
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        # uvicorn waits this long for open requests after SIGTERM, then the lifespan drains the rest.
+        timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
+    )
+    DrainingServer(config).run()
