@@ -9,7 +9,7 @@ from inference_api.auth.keys import ApiKeyStore, build_key_store
 from inference_api.engine.service import Engine
 from inference_api.modeling import builtin
 from inference_api.modeling.conversion import is_prepared
-from inference_api.modeling.loader import resolve_device
+from inference_api.modeling.loader import resolve_precision, worker_devices
 from inference_api.modeling.prompt import PromptEncoder
 from inference_api.modeling.registry import ModelRef, ModelRegistry
 from inference_api.settings import Settings, SettingsError
@@ -35,7 +35,8 @@ def check_configuration(settings: Settings) -> tuple[ApiKeyStore, ModelRegistry]
         registry = ModelRegistry.from_file(
             settings.registry_path, ModelRef(settings.default_model, settings.default_version)
         )
-        resolve_device(settings.device)
+        for device in worker_devices(settings.device):
+            resolve_precision(settings.dtype, device)
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
     except Exception as exc:  # ServiceError for an unknown default model or version

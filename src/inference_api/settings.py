@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     model_registry: Path | None = None
     cache_size: int = Field(default=2, ge=1, le=64)
     device: str = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = "auto"
 
     api_key_header: str = Field(default="X-API-Key", min_length=1, pattern=r"^[A-Za-z0-9-]+$")
     api_keys: list[ApiKeyConfig] = Field(default_factory=list)

@@ -11,6 +11,7 @@ import yaml
 
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling.cache import LoadedModel, ModelCache
+from inference_api.modeling.loader import Precision
 from inference_api.modeling.registry import ModelRef, ModelRegistry
 
 BASE = ModelRef("tiny")
@@ -22,7 +23,9 @@ PROMPT = [1, 422, 1095, 314, 253, 1345, 30]
 
 def make_cache(registry_file: Path, data_dir: Path, capacity: int = 2) -> ModelCache:
     registry = ModelRegistry.from_file(registry_file, ModelRef("tiny"))
-    return ModelCache(registry, data_dir=data_dir, device=torch.device("cpu"), dtype=torch.float32, capacity=capacity)
+    return ModelCache(
+        registry, data_dir=data_dir, device=torch.device("cpu"), precision=Precision("float32"), capacity=capacity
+    )
 
 
 @pytest.fixture

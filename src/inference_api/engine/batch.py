@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from inference_api.engine.kv import slab_cache
 from inference_api.engine.runner import Sequence, advance
 from inference_api.engine.sampling import choose_next
 from inference_api.modeling.cache import LoadedModel
@@ -52,9 +53,7 @@ class DecodeBatch:
             ids[row, width - length :] = torch.tensor(seq.request.prompt_ids, device=device)
             mask[row, width - length :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=base.model.config)
+        cache = slab_cache(base.model.config)
         with torch.inference_mode():
             out = base.model(
                 input_ids=ids,
@@ -102,8 +101,9 @@ class DecodeBatch:
         self._mask = mask[:, first:]
         self._positions = self._positions.index_select(0, index)
         for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, first:]
-            layer.values = layer.values.index_select(0, index)[:, :, first:]
+            layer.replace(
+                layer.keys.index_select(0, index)[:, :, first:], layer.values.index_select(0, index)[:, :, first:]
+            )
 
     def _join(self, cache: Any, mask: torch.Tensor, positions: torch.Tensor, sequences: list[Sequence]) -> None:
         self.sequences.extend(sequences)
@@ -114,8 +114,10 @@ class DecodeBatch:
         width = max(self.width, int(mask.shape[1]))
         old_pad, new_pad = width - self.width, width - int(mask.shape[1])
         for old, new in zip(self._cache.layers, cache.layers, strict=True):
-            old.keys = torch.cat([_pad_left(old.keys, old_pad), _pad_left(new.keys, new_pad)], dim=0)
-            old.values = torch.cat([_pad_left(old.values, old_pad), _pad_left(new.values, new_pad)], dim=0)
+            old.replace(
+                torch.cat([_pad_left(old.keys, old_pad), _pad_left(new.keys, new_pad)], dim=0),
+                torch.cat([_pad_left(old.values, old_pad), _pad_left(new.values, new_pad)], dim=0),
+            )
         self._mask = torch.cat([F.pad(self._mask, (old_pad, 0)), F.pad(mask, (new_pad, 0))], dim=0)
         self._positions = torch.cat([self._positions, positions])
 

@@ -14,7 +14,7 @@ from inference_api.engine.types import Completion, GenerationRequest, SamplingPa
 from inference_api.engine.worker import DeviceWorker
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling.cache import ModelCache
-from inference_api.modeling.loader import resolve_dtype, worker_devices
+from inference_api.modeling.loader import resolve_precision, worker_devices
 from inference_api.modeling.prompt import PromptEncoder
 from inference_api.modeling.registry import ModelRef, ModelRegistry
 from inference_api.settings import Settings
@@ -60,7 +60,7 @@ class Engine:
                 registry,
                 data_dir=settings.data_dir,
                 device=device,
-                dtype=resolve_dtype(settings.dtype, device),
+                precision=resolve_precision(settings.dtype, device),
                 capacity=settings.cache_size,
                 pinned=frozenset({registry.default}),
             )
@@ -207,7 +207,7 @@ class Engine:
                 {
                     "name": w.name,
                     "device": str(w.device),
-                    "dtype": str(w.cache.dtype).removeprefix("torch."),
+                    "dtype": w.cache.precision.name,
                     "busy": bool(w.running()),
                     "batch_size": w.batch_size,
                     "max_batch_size": w.max_batch_size,

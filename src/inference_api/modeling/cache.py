@@ -18,7 +18,7 @@ from typing import Protocol
 
 import torch
 
-from inference_api.modeling.loader import LoadedBase, load_base
+from inference_api.modeling.loader import LoadedBase, Precision, load_base
 from inference_api.modeling.registry import BASE_VERSION, BaseModelSpec, ModelRef, ModelRegistry
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,9 @@ class CacheStats:
 
 
 class BaseLoader(Protocol):
-    def __call__(self, spec: BaseModelSpec, data_dir: Path, device: torch.device, dtype: torch.dtype) -> LoadedBase: ...
+    def __call__(
+        self, spec: BaseModelSpec, data_dir: Path, device: torch.device, precision: Precision
+    ) -> LoadedBase: ...
 
 
 class ModelCache:
@@ -55,7 +57,7 @@ class ModelCache:
         *,
         data_dir: Path,
         device: torch.device,
-        dtype: torch.dtype,
+        precision: Precision,
         capacity: int,
         pinned: frozenset[ModelRef] = frozenset(),
         loader: BaseLoader = load_base,
@@ -63,7 +65,7 @@ class ModelCache:
         self._registry = registry
         self._data_dir = data_dir
         self.device = device
-        self.dtype = dtype
+        self.precision = precision
         self.capacity = capacity
         # Pinned entries (the default model: readiness promises it stays loaded) are never evicted.
         self._pinned = pinned
@@ -127,7 +129,7 @@ class ModelCache:
         with self._lock:
             base = self._bases.get(spec.name)
         if base is None:
-            base = self._loader(spec, self._data_dir, self.device, self.dtype)
+            base = self._loader(spec, self._data_dir, self.device, self.precision)
             with self._lock:
                 self._bases[spec.name] = base
         adapter = None if ref.version == BASE_VERSION else ref.version

@@ -13,6 +13,7 @@ import torch
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling import builtin
 from inference_api.modeling.conversion import convert_gguf, is_prepared
+from inference_api.modeling.quantization import int8_supported, quantize_linears
 from inference_api.modeling.registry import BaseModelSpec
 
 logger = logging.getLogger(__name__)
@@ -37,12 +38,30 @@ def worker_devices(setting: str) -> list[torch.device]:
     return [resolve_device(setting)]
 
 
-def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
-    if setting != "auto":
-        return _DTYPES[setting]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+@dataclass(frozen=True)
+class Precision:
+    """How a model's weights are held: a torch dtype, or `int8` linear layers over float32 activations."""
+
+    name: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32 if self.name == "int8" else _DTYPES[self.name]
+
+    @property
+    def int8(self) -> bool:
+        return self.name == "int8"
+
+
+def resolve_precision(setting: str, device: torch.device) -> Precision:
+    """`auto`: bfloat16 (or float16) on CUDA; int8 linear layers on a CPU that has fbgemm, else float32."""
+    if setting == "auto":
+        if device.type == "cuda":
+            return Precision("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+        return Precision("int8" if int8_supported() else "float32")
+    if setting == "int8" and (device.type != "cpu" or not int8_supported()):
+        raise ValueError(f"DTYPE=int8 needs a CPU with fbgemm; use bfloat16 or float16 on {device}")
+    return Precision(setting)
 
 
 def weights_location(spec: BaseModelSpec, data_dir: Path) -> str:
@@ -72,7 +91,7 @@ class LoadedBase:
     model: Any
     tokenizer: Any
     device: torch.device
-    dtype: torch.dtype
+    precision: Precision
     context_length: int
     load_seconds: float
     memory_bytes: int
@@ -126,27 +145,28 @@ def context_length_of(config: Any) -> int:
     return 2048
 
 
-def load_base(spec: BaseModelSpec, data_dir: Path, device: torch.device, dtype: torch.dtype) -> LoadedBase:
+def load_base(spec: BaseModelSpec, data_dir: Path, device: torch.device, precision: Precision) -> LoadedBase:
     """Load a base model for inference: on `device`, in eval mode, with no gradients anywhere."""
     from transformers import AutoModelForCausalLM
 
     location = weights_location(spec, data_dir)
     started = time.perf_counter()
-    model: Any = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(location, dtype=precision.dtype)
     model.to(device)
     model.eval()
     model.requires_grad_(False)
+    memory = quantize_linears(model) if precision.int8 else 0
     tokenizer = load_tokenizer(location)
     seconds = time.perf_counter() - started
-    memory = sum(p.numel() * p.element_size() for p in model.parameters())
+    memory += sum(p.numel() * p.element_size() for p in model.parameters())
     memory += sum(b.numel() * b.element_size() for b in model.buffers())
-    logger.info("loaded %s on %s (%s) in %.1fs", spec.name, device, dtype, seconds)
+    logger.info("loaded %s on %s (%s) in %.1fs", spec.name, device, precision.name, seconds)
     return LoadedBase(
         name=spec.name,
         model=model,
         tokenizer=tokenizer,
         device=device,
-        dtype=dtype,
+        precision=precision,
         context_length=context_length_of(model.config),
         load_seconds=seconds,
         memory_bytes=memory,
