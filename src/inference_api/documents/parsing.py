@@ -239,7 +239,7 @@ def _partitioners() -> dict[FileType, Callable[[bytes], list[Element]]]:
 
     # Its text heuristics load en_core_web_sm, downloading it from GitHub on first use: offline that
     # fails, so a blank English pipeline with a rule-based sentencizer stands in (no weights at all).
-    tokenize._get_nlp = functools.cache(_blank_english)  # type: ignore[assignment]
+    tokenize._get_nlp = functools.cache(_blank_english)
 
     from unstructured.partition.csv import partition_csv
     from unstructured.partition.docx import partition_docx
@@ -248,20 +248,20 @@ def _partitioners() -> dict[FileType, Callable[[bytes], list[Element]]]:
     from unstructured.partition.md import partition_md
     from unstructured.partition.text import partition_text
 
-    # Language detection only fills metadata this service does not keep.
-    skip = {"languages": ["eng"]}
+    # Naming the language skips detecting it: it only fills metadata this service does not keep.
+    eng = ["eng"]
     return {
-        FileType.TXT: lambda data: partition_text(text=decode_text(data) or "", **skip),
-        FileType.MD: lambda data: partition_md(text=decode_text(data) or "", **skip),
-        FileType.HTML: lambda data: partition_html(text=decode_text(data) or "", **skip),
+        FileType.TXT: lambda data: partition_text(text=decode_text(data) or "", languages=eng),
+        FileType.MD: lambda data: partition_md(text=decode_text(data) or "", languages=eng),
+        FileType.HTML: lambda data: partition_html(text=decode_text(data) or "", languages=eng),
         FileType.CSV: lambda data: partition_csv(
-            file=io.BytesIO((decode_text(data) or "").encode()), include_header=True, **skip
+            file=io.BytesIO((decode_text(data) or "").encode()), include_header=True, languages=eng
         ),
         # Attachments could be any type (PDFs would take unstructured's layout-model path): body only.
         FileType.EML: lambda data: partition_email(
-            file=io.BytesIO(data), process_attachments=False, content_source="text/plain", **skip
+            file=io.BytesIO(data), process_attachments=False, content_source="text/plain", languages=eng
         ),
-        FileType.DOCX: lambda data: partition_docx(file=io.BytesIO(data), strategy="fast", **skip),
+        FileType.DOCX: lambda data: partition_docx(file=io.BytesIO(data), strategy="fast", languages=eng),
     }
 
 

@@ -5,12 +5,16 @@ its 65 ms in matmuls doing 4 GFLOP), so shrinking the weights is worth more than
 measured on SmolLM2-135M, 2 cores: 36 vs 22 tokens/s single-stream and 661 vs 347 at batch 32
 against bfloat16, with fbgemm's dynamic int8 kernel (VNNI), the fastest of the kernels tried.
 
-That kernel picks one activation scale for its whole input, which would make a row's logits depend
+That kernel picks one activation scale for its whole input, which would make a row's result depend
 on the other requests in the batch (and a seeded sample depend on the load). So each row is first
 scaled into [-1, 1] by its own largest magnitude, and a constant calibration row holding -1 and +1
 is appended: the kernel then always sees the range [-1, 1], every row is quantized on the same grid
 whatever its neighbours, and the result is scaled back per row. This is per-token activation
 quantization: it costs ~40 us per layer call and is more accurate than the per-batch scale.
+
+Each layer is then exactly batch-invariant; the model as a whole is not quite, because float
+attention over padded and unpadded sequences rounds differently, and int8 rounding can turn such a
+last-bit difference into a different token now and then (bench/invariance.py counts how often).
 """
 
 from __future__ import annotations
