@@ -25,6 +25,20 @@ import torch
 from torch import nn
 
 
+def _has_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = cpuinfo.read(1 << 16)
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+# Without VNNI, fbgemm multiplies through saturating 16-bit sums, so activations must keep to 7 bits;
+# with it the sums are 32-bit and the full 8 bits halve the rounding step.
+_REDUCE_RANGE = not _has_vnni()
+
+
 class Int8Linear(nn.Linear):
     """A linear layer with per-output-channel int8 weights, computed by fbgemm's dynamic int8 kernel.
 
@@ -58,7 +72,7 @@ class Int8Linear(nn.Linear):
         rows = x.reshape(-1, self.in_features).float()
         scale = torch.linalg.vector_norm(rows, ord=float("inf"), dim=1, keepdim=True).clamp_(min=1e-12)
         normalized = torch.cat([rows / scale, self._calibration])
-        out: torch.Tensor = torch.ops.quantized.linear_dynamic(normalized, self._packed, reduce_range=True)
+        out: torch.Tensor = torch.ops.quantized.linear_dynamic(normalized, self._packed, reduce_range=_REDUCE_RANGE)
         out = out[:-1] * scale
         if self._bias is not None:
             out = out + self._bias
