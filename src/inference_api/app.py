@@ -10,6 +10,8 @@ from fastapi import FastAPI
 from inference_api import __version__
 from inference_api.api.errors import install_error_handlers
 from inference_api.api.request_context import RequestContextMiddleware
+from inference_api.chat.api_router import router as chat_router
+from inference_api.documents.api_router import router as documents_router
 from inference_api.health.api_router import router as health_router
 from inference_api.inference.api_router import router as inference_router
 from inference_api.models.api_router import router as models_router
@@ -23,13 +25,17 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = build_services(settings)
+        services = await build_services(settings)
         app.state.services = services
         await services.engine.start(warm_up=warm_up)
+        services.maintenance.start()
         try:
             yield
         finally:
+            await services.maintenance.stop()
             await services.engine.stop(drain_timeout=settings.drain_timeout)
+            await services.sessions.close()
+            services.documents.close()
 
     app = FastAPI(
         title="inference-api",
@@ -39,6 +45,6 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
     )
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
-    for router in (health_router, inference_router, models_router):
+    for router in (health_router, inference_router, models_router, chat_router, documents_router):
         app.include_router(router)
     return app

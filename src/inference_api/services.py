@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from inference_api.auth.keys import ApiKeyStore, build_key_store
+from inference_api.chat.store import SessionStore, open_session_store
+from inference_api.documents.service import DocumentService
+from inference_api.documents.types import SearchHit
 from inference_api.engine.service import Engine
+from inference_api.grounding import Grounding
+from inference_api.maintenance import Maintenance
 from inference_api.modeling import builtin
 from inference_api.modeling.conversion import is_prepared
 from inference_api.modeling.loader import resolve_precision, worker_devices
@@ -17,6 +24,40 @@ from inference_api.settings import Settings, SettingsError
 logger = logging.getLogger(__name__)
 
 
+class LazyDocuments:
+    """The document service, built on first use: loading the embedding model takes seconds, and a
+    server that never sees an upload should not pay for it at start-up."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._service: DocumentService | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def loaded(self) -> DocumentService | None:
+        return self._service
+
+    async def get(self) -> DocumentService:
+        async with self._lock:
+            if self._service is None:
+                settings = self._settings
+                self._service = await asyncio.to_thread(
+                    DocumentService.build,
+                    data_dir=settings.data_dir / "chroma",
+                    device=settings.device,
+                    chroma_url=settings.chroma_url,
+                    max_upload_bytes=int(settings.max_upload_mb * 1024 * 1024),
+                )
+            return self._service
+
+    async def search(self, owner: str, query: str, k: int = 5) -> list[SearchHit]:
+        return await (await self.get()).search(owner, query, k)
+
+    def close(self) -> None:
+        if self._service is not None:
+            self._service.close()
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -24,6 +65,10 @@ class Services:
     registry: ModelRegistry
     encoder: PromptEncoder
     engine: Engine
+    sessions: SessionStore
+    documents: LazyDocuments
+    grounding: Grounding
+    maintenance: Maintenance
 
 
 def check_configuration(settings: Settings) -> tuple[ApiKeyStore, ModelRegistry]:
@@ -50,8 +95,48 @@ def check_configuration(settings: Settings) -> tuple[ApiKeyStore, ModelRegistry]
     return keys, registry
 
 
-def build_services(settings: Settings) -> Services:
+async def build_services(settings: Settings) -> Services:
     keys, registry = check_configuration(settings)
     encoder = PromptEncoder(registry, settings.data_dir)
     engine = Engine.build(settings, registry, encoder)
-    return Services(settings=settings, keys=keys, registry=registry, encoder=encoder, engine=engine)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    sessions = await open_session_store(settings.data_dir, settings.redis_url)
+    documents = LazyDocuments(settings)
+    grounding = Grounding(documents, k=settings.rag_top_k, min_score=settings.rag_min_score)
+    maintenance = Maintenance()
+    schedule_jobs(maintenance, settings, sessions, documents)
+    return Services(
+        settings=settings,
+        keys=keys,
+        registry=registry,
+        encoder=encoder,
+        engine=engine,
+        sessions=sessions,
+        documents=documents,
+        grounding=grounding,
+        maintenance=maintenance,
+    )
+
+
+def schedule_jobs(
+    maintenance: Maintenance, settings: Settings, sessions: SessionStore, documents: LazyDocuments
+) -> None:
+    interval = settings.maintenance_interval
+
+    async def expire_sessions() -> dict[str, Any]:
+        return {"expired": await sessions.expire(settings.session_ttl), "remaining": await sessions.count()}
+
+    async def deduplicate_chunks() -> dict[str, Any] | None:
+        service = documents.loaded  # a store nobody has used yet has nothing to clean
+        return asdict(await service.remove_duplicate_chunks()) if service else None
+
+    async def check_vectors() -> dict[str, Any] | None:
+        service = documents.loaded
+        if service is None:
+            return None
+        report = await service.check_integrity(repair=True)
+        return {**asdict(report), "ok": report.ok}
+
+    maintenance.add("session-expiry", interval, expire_sessions)
+    maintenance.add("vector-duplicates", interval, deduplicate_chunks)
+    maintenance.add("vector-integrity", interval, check_vectors)

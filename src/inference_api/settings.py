@@ -74,6 +74,15 @@ class Settings(BaseSettings):
     max_input_tokens: int = Field(default=4096, ge=1)
     max_new_tokens: int = Field(default=512, ge=1)
     request_timeout: float = Field(default=120.0, gt=0)
+
+    redis_url: str | None = Field(default=None, pattern=r"^rediss?://")
+    chroma_url: str | None = Field(default=None, pattern=r"^https?://")
+    session_ttl: float = Field(default=7 * 24 * 3600.0, gt=0)
+    max_upload_mb: float = Field(default=20.0, gt=0)
+    rag_top_k: int = Field(default=4, ge=1, le=20)
+    rag_min_score: float = Field(default=0.25, ge=-1.0, le=1.0)
+    summary_max_tokens: int = Field(default=96, ge=16)
+    maintenance_interval: float = Field(default=300.0, gt=0)
     drain_timeout: float = Field(default=30.0, ge=0)
 
     @field_validator("device")

@@ -6,9 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from inference_api.chat.store import SessionStore
 from inference_api.engine.service import Engine
+from inference_api.grounding import Grounding
 from inference_api.modeling.registry import ModelRegistry
-from inference_api.services import Services
+from inference_api.services import LazyDocuments, Services
 from inference_api.settings import Settings
 
 
@@ -29,7 +31,22 @@ def get_registry(request: Request) -> ModelRegistry:
     return get_services(request).registry
 
 
+def get_sessions(request: Request) -> SessionStore:
+    return get_services(request).sessions
+
+
+def get_documents(request: Request) -> LazyDocuments:
+    return get_services(request).documents
+
+
+def get_grounding(request: Request) -> Grounding:
+    return get_services(request).grounding
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
+DocumentsDep = Annotated[LazyDocuments, Depends(get_documents)]
+GroundingDep = Annotated[Grounding, Depends(get_grounding)]

@@ -50,3 +50,5 @@ def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
 CallerDep = Annotated[Principal, Depends(authenticate)]
 InferCallerDep = Annotated[Principal, Depends(require_scope("infer"))]
 AdminCallerDep = Annotated[Principal, Depends(require_scope("admin"))]
+ChatCallerDep = Annotated[Principal, Depends(require_scope("chat"))]
+DocumentsCallerDep = Annotated[Principal, Depends(require_scope("documents"))]

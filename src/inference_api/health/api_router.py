@@ -10,7 +10,7 @@ import torch
 from fastapi import APIRouter
 
 from inference_api import __version__
-from inference_api.api.deps import EngineDep
+from inference_api.api.deps import EngineDep, ServicesDep
 from inference_api.auth.deps import CallerDep
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.health.protocol import CachedModelInfo, Health, Readiness, Status
@@ -36,7 +36,7 @@ async def ready(engine: EngineDep) -> Readiness:
 
 
 @router.get("/status", response_model=Status)
-async def status(_: CallerDep, engine: EngineDep) -> Status:
+async def status(_: CallerDep, engine: EngineDep, services: ServicesDep) -> Status:
     """Service state: models, queue, workers, memory."""
     snapshot = engine.snapshot()
     loaded = engine.loaded()
@@ -63,6 +63,8 @@ async def status(_: CallerDep, engine: EngineDep) -> Status:
         queue=snapshot["queue"],
         workers=snapshot["workers"],
         memory=memory_report(),
+        maintenance=services.maintenance.report(),
+        sessions=await services.sessions.count(),
     )
 
 

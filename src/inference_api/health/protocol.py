@@ -37,3 +37,5 @@ class Status(BaseModel):
     queue: dict[str, Any]
     workers: list[dict[str, Any]]
     memory: dict[str, Any]
+    maintenance: list[dict[str, Any]]
+    sessions: int

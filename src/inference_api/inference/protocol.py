@@ -6,16 +6,17 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
+from inference_api.engine.types import SamplingParams
+
 StopString = Annotated[StrictStr, Field(min_length=1, max_length=64)]
 
 
-class InferRequest(BaseModel):
+class SamplingFields(BaseModel):
+    """How to generate: shared by /infer and chat messages."""
+
     model_config = ConfigDict(extra="forbid")
 
-    prompt: StrictStr = Field(min_length=1, max_length=200_000, description="The user's prompt.")
     max_new_tokens: StrictInt = Field(default=128, gt=0, description="Upper bound on generated tokens.")
-    base_model: StrictStr | None = Field(default=None, description="Base model; the default when absent.")
-    adapter_version: StrictStr | None = Field(default=None, description="Adapter version of the base model.")
     temperature: float = Field(default=1.0, ge=0.0, le=10.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: StrictInt = Field(default=0, ge=0)
@@ -24,14 +25,7 @@ class InferRequest(BaseModel):
     stop: list[StopString] | StopString | None = Field(default=None, description="Up to 4 stop strings.")
     seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
     stream: StrictBool = False
-    raw: StrictBool = Field(default=False, description="Send the prompt as-is, without the chat template.")
-
-    @field_validator("prompt")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value
+    use_documents: StrictBool = Field(default=False, description="Answer from the caller's uploaded documents.")
 
     @field_validator("stop")
     @classmethod
@@ -40,10 +34,33 @@ class InferRequest(BaseModel):
             raise ValueError("at most 4 stop strings")
         return value
 
-    def stop_strings(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+    def sampling(self) -> SamplingParams:
+        stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return SamplingParams(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            do_sample=self.do_sample,
+            num_beams=self.num_beams,
+            stop=stop,
+            seed=self.seed,
+        )
+
+
+def not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+class InferRequest(SamplingFields):
+    prompt: StrictStr = Field(min_length=1, max_length=200_000, description="The user's prompt.")
+    base_model: StrictStr | None = Field(default=None, description="Base model; the default when absent.")
+    adapter_version: StrictStr | None = Field(default=None, description="Adapter version of the base model.")
+    raw: StrictBool = Field(default=False, description="Send the prompt as-is, without the chat template.")
+
+    _prompt_not_blank = field_validator("prompt")(not_blank)
 
 
 class InferMetadata(BaseModel):
@@ -57,6 +74,17 @@ class InferMetadata(BaseModel):
     response_time: float = Field(description="Seconds from arrival to the answer.")
 
 
+class Source(BaseModel):
+    """A document chunk an answer drew on; `[n]` markers in the answer count from 1 in this order."""
+
+    document_id: str
+    filename: str
+    chunk_index: int
+    score: float = Field(description="Cosine similarity of the chunk to the question (1 is identical).")
+    excerpt: str
+
+
 class InferResponse(BaseModel):
     result: str
     metadata: InferMetadata
+    sources: list[Source] | None = Field(default=None, description="Present when use_documents was set.")

@@ -6,13 +6,15 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from inference_api.api.errors import error_body
 from inference_api.engine.service import Engine
-from inference_api.engine.types import Completion, GenerationRequest, SamplingParams, TextDelta
+from inference_api.engine.types import Completion, GenerationRequest, TextDelta
 from inference_api.errors import ErrorCode, ServiceError
-from inference_api.inference.protocol import InferMetadata, InferRequest, InferResponse
-from inference_api.modeling.prompt import EncodedPrompt
+from inference_api.grounding import NOTHING_FOUND, Grounding, grounded_system_prompt, sources_of
+from inference_api.inference.protocol import InferMetadata, InferRequest, InferResponse, Source
+from inference_api.modeling.prompt import EncodedPrompt, Message
 from inference_api.modeling.registry import ModelRef
 
 
@@ -43,59 +45,109 @@ def check_max_new_tokens(value: int, limit: int, field: str = "max_new_tokens") 
         )
 
 
+async def encode_within_budget(
+    engine: Engine, ref: ModelRef, messages: list[Message], max_new_tokens: int
+) -> EncodedPrompt:
+    """Format with the model's chat template off the event loop, and refuse what does not fit."""
+    encoded = await asyncio.to_thread(engine.encoder.encode_chat, ref.base, messages)
+    check_token_budget(encoded, max_new_tokens, engine.limits.max_input_tokens)
+    return encoded
+
+
+@dataclass
+class Prepared:
+    """A request ready for the engine, or (no relevant document) the answer that replaces generating."""
+
+    ref: ModelRef
+    request: GenerationRequest | None
+    sources: list[Source] | None = None
+
+
 class InferenceService:
     """Single-shot inference on the engine; knows the engine's limits, not HTTP."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, grounding: Grounding) -> None:
         self._engine = engine
+        self._grounding = grounding
 
-    async def prepare(self, body: InferRequest, arrived: float) -> GenerationRequest:
+    async def prepare(self, body: InferRequest, owner: str, arrived: float) -> Prepared:
         engine = self._engine
-        limits = engine.limits
-        check_max_new_tokens(body.max_new_tokens, limits.max_new_tokens)
+        check_max_new_tokens(body.max_new_tokens, engine.limits.max_new_tokens)
+        if body.raw and body.use_documents:
+            message = "cannot be combined with raw: sources go into the chat template"
+            raise ServiceError(
+                ErrorCode.VALIDATION_ERROR,
+                f"use_documents: {message}",
+                details=[{"field": "use_documents", "message": message}],
+            )
         ref = engine.registry.ref(body.base_model, body.adapter_version)
         engine.registry.resolve(ref)
         # Readiness is checked again on admission; checking here spares encoding a doomed request.
         engine.check_accepting()
+        deadline = arrived + engine.limits.request_timeout
         if body.raw:
             encoded = await asyncio.to_thread(engine.encoder.encode_raw, ref.base, body.prompt)
-        else:
-            messages = [{"role": "user", "content": body.prompt}]
-            encoded = await asyncio.to_thread(engine.encoder.encode_chat, ref.base, messages)
-        check_token_budget(encoded, body.max_new_tokens, limits.max_input_tokens)
-        params = SamplingParams(
-            max_new_tokens=body.max_new_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            do_sample=body.do_sample,
-            num_beams=body.num_beams,
-            stop=body.stop_strings(),
-            seed=body.seed,
-        )
-        return GenerationRequest(ref, encoded.ids, params, deadline=arrived + limits.request_timeout)
+            check_token_budget(encoded, body.max_new_tokens, engine.limits.max_input_tokens)
+            return Prepared(ref, GenerationRequest(ref, encoded.ids, body.sampling(), deadline=deadline))
+        messages: list[Message] = [{"role": "user", "content": body.prompt}]
+        sources = None
+        if body.use_documents:
+            hits = await self._grounding.find(owner, body.prompt)
+            sources = sources_of(hits)
+            if not hits:
+                return Prepared(ref, None, sources)
+            messages.insert(0, {"role": "system", "content": grounded_system_prompt(hits)})
+        encoded = await encode_within_budget(engine, ref, messages, body.max_new_tokens)
+        return Prepared(ref, GenerationRequest(ref, encoded.ids, body.sampling(), deadline=deadline), sources)
 
-    def admit(self, request: GenerationRequest) -> None:
-        self._engine.admit(request)
+    def admit(self, prepared: Prepared) -> None:
+        if prepared.request is not None:
+            self._engine.admit(prepared.request)
 
-    async def infer(self, body: InferRequest, arrived: float) -> InferResponse:
-        request = await self.prepare(body, arrived)
-        completion = await self._engine.generate(request)
-        return InferResponse(result=completion.text, metadata=metadata(completion, arrived))
+    async def infer(self, body: InferRequest, owner: str, arrived: float) -> InferResponse:
+        prepared = await self.prepare(body, owner, arrived)
+        if prepared.request is None:
+            return InferResponse(result=NOTHING_FOUND, metadata=unanswered(prepared.ref, arrived), sources=[])
+        completion = await self._engine.generate(prepared.request)
+        return InferResponse(result=completion.text, metadata=metadata(completion, arrived), sources=prepared.sources)
 
-    async def stream(self, request: GenerationRequest, arrived: float, request_id: str | None) -> AsyncIterator[str]:
+    async def stream(self, prepared: Prepared, arrived: float, request_id: str | None) -> AsyncIterator[str]:
         """Server-Sent Events: one `data:` event per text delta, then one with the result and metadata."""
+        sources = [s.model_dump() for s in prepared.sources] if prepared.sources is not None else None
+        request = prepared.request
+        if request is None:
+            yield sse({"delta": NOTHING_FOUND})
+            meta = unanswered(prepared.ref, arrived).model_dump()
+            yield sse({"result": NOTHING_FOUND, "metadata": meta, "sources": sources})
+            return
         try:
             async for event in request.events():
                 if isinstance(event, TextDelta):
-                    yield _sse({"delta": event.text})
+                    yield sse({"delta": event.text})
                 else:
-                    yield _sse({"result": event.text, "metadata": metadata(event, arrived).model_dump()})
+                    final: dict[str, object] = {"result": event.text, "metadata": metadata(event, arrived).model_dump()}
+                    if sources is not None:
+                        final["sources"] = sources
+                    yield sse(final)
         except ServiceError as exc:
-            yield _sse(error_body(exc, request_id), event="error")
+            yield sse(error_body(exc, request_id), event="error")
         finally:
             if not request.finished:
                 self._engine.cancel(request)
+
+
+def unanswered(ref: ModelRef, arrived: float) -> InferMetadata:
+    """Metadata of an answer given without generating (nothing relevant was found)."""
+    return InferMetadata(
+        model=ref.base,
+        version=ref.version,
+        tokens_generated=0,
+        prompt_tokens=0,
+        finish_reason="stop",
+        queue_time=0.0,
+        generation_time=0.0,
+        response_time=round(time.monotonic() - arrived, 6),
+    )
 
 
 def metadata(completion: Completion, arrived: float) -> InferMetadata:
@@ -112,6 +164,6 @@ def metadata(completion: Completion, arrived: float) -> InferMetadata:
     )
 
 
-def _sse(payload: object, event: str | None = None) -> str:
+def sse(payload: object, event: str | None = None) -> str:
     head = f"event: {event}\n" if event else ""
     return f"{head}data: {json.dumps(payload, ensure_ascii=False)}\n\n"

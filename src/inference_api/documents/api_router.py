@@ -1,0 +1,136 @@
+"""POST /upload, GET /documents, GET /documents/{id}, DELETE /documents/{id}, POST /documents/search."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from fastapi import APIRouter, Request
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.types import Message
+
+from inference_api.api.deps import DocumentsDep, SettingsDep
+from inference_api.auth.deps import DocumentsCallerDep
+from inference_api.documents.protocol import (
+    DeleteResult,
+    DocumentList,
+    DocumentView,
+    SearchRequest,
+    SearchResult,
+    SearchResults,
+    UploadResult,
+)
+from inference_api.documents.service import check_declared_size, payload_too_large, read_limited
+from inference_api.documents.types import DocumentInfo
+from inference_api.errors import ErrorCode, ServiceError
+
+router = APIRouter(tags=["documents"])
+
+# Room for the multipart envelope (boundaries, part headers) around a file of the maximum size.
+_ENVELOPE_BYTES = 64 * 1024
+_UPLOAD_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+
+
+def capped(request: Request, limit: int) -> Request:
+    """The same request, but reading its body past `limit` bytes stops with 413 instead of going on."""
+    received = 0
+
+    async def receive() -> Message:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise payload_too_large(limit - _ENVELOPE_BYTES)
+        return message
+
+    return Request(request.scope, receive)
+
+
+def view(info: DocumentInfo) -> DocumentView:
+    data = asdict(info)
+    data.pop("owner")
+    return DocumentView(**data)
+
+
+def _form_error(message: str) -> ServiceError:
+    return ServiceError(ErrorCode.VALIDATION_ERROR, f"file: {message}", details=[{"field": "file", "message": message}])
+
+
+@router.post("/upload", response_model=UploadResult, openapi_extra=_UPLOAD_SCHEMA)
+async def upload(
+    request: Request, caller: DocumentsCallerDep, documents: DocumentsDep, settings: SettingsDep
+) -> UploadResult:
+    """Upload a document (.pdf .txt .docx .html .htm .md .csv .eml) as multipart field `file`."""
+    cap = int(settings.max_upload_mb * 1024 * 1024)
+    check_declared_size(request.headers.get("content-length"), cap + _ENVELOPE_BYTES)
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise _form_error("send multipart/form-data with the document in a field named 'file'")
+    try:
+        form = await capped(request, cap + _ENVELOPE_BYTES).form(max_files=1, max_fields=8)
+    except MultiPartException as exc:
+        raise _form_error(f"malformed multipart body ({exc.message})") from None
+    file = form.get("file")
+    if not isinstance(file, UploadFile):
+        raise _form_error("a multipart field named 'file' holding the document is required")
+    try:
+        data = await read_limited(file, cap)
+        service = await documents.get()
+        result = await service.ingest(caller.name, file.filename or "upload", data)
+    finally:
+        await form.close()
+    return UploadResult(**{k: v for k, v in asdict(result).items() if k in UploadResult.model_fields})
+
+
+@router.get("/documents", response_model=DocumentList)
+async def list_documents(caller: DocumentsCallerDep, documents: DocumentsDep) -> DocumentList:
+    """Your documents, oldest first."""
+    service = await documents.get()
+    return DocumentList(documents=[view(info) for info in await service.list(caller.name)])
+
+
+@router.get("/documents/{document_id}", response_model=DocumentView)
+async def get_document(document_id: str, caller: DocumentsCallerDep, documents: DocumentsDep) -> DocumentView:
+    """One of your documents."""
+    return view(await (await documents.get()).get(caller.name, document_id))
+
+
+@router.delete("/documents/{document_id}", response_model=DeleteResult)
+async def delete_document(document_id: str, caller: DocumentsCallerDep, documents: DocumentsDep) -> DeleteResult:
+    """Delete one of your documents and every chunk of it."""
+    result = await (await documents.get()).delete(caller.name, document_id)
+    return DeleteResult(document_id=result.document_id, chunks_removed=result.chunks_removed)
+
+
+@router.post("/documents/search", response_model=SearchResults)
+async def search_documents(body: SearchRequest, caller: DocumentsCallerDep, documents: DocumentsDep) -> SearchResults:
+    """The chunks of your documents nearest in meaning to `query`, best first."""
+    hits = await (await documents.get()).search(caller.name, body.query, body.k)
+    return SearchResults(
+        results=[
+            SearchResult(
+                document_id=h.document_id,
+                filename=h.filename,
+                chunk_index=h.chunk_index,
+                score=round(h.score, 4),
+                text=h.text,
+                char_start=h.char_start,
+                char_end=h.char_end,
+                page=h.page,
+            )
+            for h in hits
+        ]
+    )

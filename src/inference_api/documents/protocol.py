@@ -1,0 +1,59 @@
+"""Bodies of the document routes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+
+class UploadResult(BaseModel):
+    document_id: str
+    filename: str = Field(description="The name as stored for display; never used as a path.")
+    file_type: str
+    chunks: int
+    document_ids: list[str] = Field(description="Ids of the document's chunks in the vector store.")
+    duplicate: bool = Field(description="The same content was already stored for this key: nothing was added.")
+    size_bytes: int
+    pages: int | None = None
+
+
+class DocumentView(BaseModel):
+    document_id: str
+    filename: str
+    file_type: str
+    uploaded_at: float
+    chunks: int
+    size_bytes: int
+    characters: int
+    content_hash: str
+    pages: int | None = None
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentView]
+
+
+class DeleteResult(BaseModel):
+    document_id: str
+    chunks_removed: int
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: StrictStr = Field(min_length=1, max_length=4096)
+    k: StrictInt = Field(default=5, ge=1, le=100)
+
+
+class SearchResult(BaseModel):
+    document_id: str
+    filename: str
+    chunk_index: int
+    score: float = Field(description="Cosine similarity to the query (1 is identical).")
+    text: str
+    char_start: int
+    char_end: int
+    page: int | None = None
+
+
+class SearchResults(BaseModel):
+    results: list[SearchResult]

@@ -1,0 +1,77 @@
+"""Periodic jobs in one place: each runs on its interval, and its last run is recorded for /status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+Job = Callable[[], Awaitable[dict[str, Any] | None]]  # None: nothing to do this time (not recorded as a run)
+
+
+@dataclass
+class JobRecord:
+    name: str
+    interval: float
+    runs: int = 0
+    failures: int = 0
+    last_started: float | None = None
+    last_duration: float | None = None
+    last_result: dict[str, Any] | None = None
+    last_error: str | None = None
+
+
+@dataclass
+class Maintenance:
+    """Runs registered jobs every `interval` seconds each, one job at a time, until stopped."""
+
+    jobs: dict[str, tuple[Job, JobRecord]] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+
+    def add(self, name: str, interval: float, job: Job) -> None:
+        self.jobs[name] = (job, JobRecord(name, interval))
+
+    async def run_once(self, name: str) -> JobRecord:
+        job, record = self.jobs[name]
+        started = time.time()
+        try:
+            result = await job()
+        except Exception as exc:
+            record.failures += 1
+            record.last_error = type(exc).__name__
+            logger.exception("maintenance job %s failed", name)
+            return record
+        if result is not None:
+            record.runs += 1
+            record.last_started = started
+            record.last_duration = round(time.time() - started, 4)
+            record.last_result = result
+            record.last_error = None
+            logger.info("maintenance %s: %s", name, result)
+        return record
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="maintenance")
+
+    async def _loop(self) -> None:
+        due = {name: time.monotonic() + record.interval for name, (_, record) in self.jobs.items()}
+        while True:
+            name = min(due, key=due.__getitem__)
+            await asyncio.sleep(max(0.0, due[name] - time.monotonic()))
+            await self.run_once(name)
+            due[name] = time.monotonic() + self.jobs[name][1].interval
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def report(self) -> list[dict[str, Any]]:
+        return [record.__dict__.copy() for _, record in self.jobs.values()]

@@ -1,0 +1,143 @@
+"""Real files of every supported type, made in memory for the tests (and the ingestion benchmark)."""
+
+from __future__ import annotations
+
+import io
+import random
+import zipfile
+from collections.abc import Sequence
+from email.message import EmailMessage
+
+FACT = "The access code of the Zanzibar vault is 4471."
+QUERY = "access code of the Zanzibar vault"
+
+_FILLER = [
+    "Quarterly revenue grew in every region, led by strong demand for industrial pumps.",
+    "The committee will meet again in March to review the revised budget proposal.",
+    "Our hiking club walked twelve kilometres along the river before lunch.",
+    "Tomatoes need plenty of sunlight and should be watered early in the morning.",
+    "The library extended its opening hours during the examination period.",
+]
+
+
+def make_pdf(pages: Sequence[Sequence[str]]) -> bytes:
+    """A minimal valid PDF: one Helvetica text line per string, one page per list of lines."""
+    count = len(pages)
+    objects: list[bytes] = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [%s] /Count %d >>"
+        % (" ".join(f"{4 + 2 * i} 0 R" for i in range(count)).encode(), count),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
+    ]
+    for i, lines in enumerate(pages):
+        shown = " ".join(f"({_pdf_string(line)}) Tj T*" for line in lines)
+        content = f"BT /F1 10 Tf 13 TL 40 800 Td {shown} ET".encode("latin-1")
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] "
+            b"/Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % (5 + 2 * i)
+        )
+        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
+    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def _pdf_string(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+
+def make_docx(paragraphs: Sequence[str], *, heading: str = "Vault notes") -> bytes:
+    import docx
+
+    document = docx.Document()
+    document.add_heading(heading, level=1)
+    for paragraph in paragraphs:
+        document.add_paragraph(paragraph)
+    table = document.add_table(rows=2, cols=2)
+    table.cell(0, 0).text, table.cell(0, 1).text = "site", "status"
+    table.cell(1, 0).text, table.cell(1, 1).text = "north gate", "open"
+    buffer = io.BytesIO()
+    document.save(buffer)
+    return buffer.getvalue()
+
+
+def make_eml(body: str, *, subject: str = "Vault procedures") -> bytes:
+    message = EmailMessage()
+    message["From"] = "security@example.com"
+    message["To"] = "staff@example.com"
+    message["Subject"] = subject
+    message["Date"] = "Mon, 02 Mar 2026 09:00:00 +0000"
+    message.set_content(body)
+    message.add_attachment(b"not read", maintype="application", subtype="octet-stream", filename="blob.bin")
+    return message.as_bytes()
+
+
+def sample(file_type: str, fact: str = FACT) -> tuple[str, bytes]:
+    """A file name and real bytes of `file_type` whose text states `fact` among filler."""
+    before, after = " ".join(_FILLER[:2]), " ".join(_FILLER[2:])
+    if file_type == "pdf":
+        return "vault.pdf", make_pdf([["Vault notes", before], [fact, after]])
+    if file_type == "docx":
+        return "vault.docx", make_docx([before, fact, after])
+    if file_type == "eml":
+        return "vault.eml", make_eml(f"Hello team,\n\n{before}\n\n{fact}\n\n{after}\n\nRegards")
+    if file_type in ("html", "htm"):
+        page = (
+            "<!doctype html><html><head><title>Vault</title><script>var x = 1;</script></head><body>"
+            f"<h1>Vault notes</h1><p>{before}</p><p>{fact}</p><ul><li>{after}</li></ul></body></html>"
+        )
+        return f"vault.{file_type}", page.encode()
+    if file_type == "md":
+        return "vault.md", f"# Vault notes\n\n{before}\n\n**Important:** {fact}\n\n- {after}\n".encode()
+    if file_type == "csv":
+        rows = ["topic,note", f'budget,"{_FILLER[1]}"', f'vault,"{fact}"', f'garden,"{_FILLER[3]}"']
+        return "vault.csv", ("\n".join(rows) + "\n").encode()
+    if file_type == "txt":
+        return "vault.txt", f"Vault notes\n\n{before}\n\n{fact}\n\n{after}\n".encode()
+    raise ValueError(file_type)
+
+
+def distractors() -> list[tuple[str, bytes]]:
+    """Other documents of the same owner, one of them about a different vault and code."""
+    return [
+        ("garden.txt", "\n\n".join(_FILLER).encode()),
+        ("bank.md", b"# Bank\n\nThe bank vault in Geneva opens at nine. Its alarm code changes weekly.\n"),
+        ("trip.txt", b"Zanzibar is an archipelago off the coast of Tanzania, known for spices and beaches.\n"),
+    ]
+
+
+def text_pages(count: int, *, lines: int = 40, seed: int = 7) -> list[list[str]]:
+    """`count` pages of varied English-like prose, about 3,000 characters each."""
+    rng = random.Random(seed)
+    words = " ".join(_FILLER).lower().replace(".", "").replace(",", "").split()
+    pages = []
+    for _ in range(count):
+        page = []
+        for _ in range(lines):
+            line = " ".join(rng.choice(words) for _ in range(rng.randint(10, 14)))
+            page.append(line.capitalize() + ".")
+        pages.append(page)
+    return pages
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+# A Windows executable's first bytes: "MZ", the DOS stub, NULs.
+EXE = (
+    b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00"
+    + b"\x00" * 48
+    + b"This program cannot be run in DOS mode."
+)
