@@ -60,6 +60,11 @@ class RequestQueue:
                 taken.append(request)
         return taken
 
+    def waiting(self, accept: Callable[[GenerationRequest], bool]) -> tuple[int, float | None]:
+        """How many waiting requests `accept` admits, and when the oldest of them was queued."""
+        matching = [r for r in self._items if accept(r)]
+        return len(matching), (matching[0].enqueued_at if matching else None)
+
     def expire(self, now: float) -> list[GenerationRequest]:
         """Take out the requests whose deadline passed while they waited."""
         expired = [r for r in self._items if r.expired(now)]

@@ -64,7 +64,15 @@ class Engine:
                 capacity=settings.cache_size,
                 pinned=frozenset({registry.default}),
             )
-            workers.append(DeviceWorker(f"worker-{device}", cache, queue, max_batch_size=settings.max_batch_size))
+            workers.append(
+                DeviceWorker(
+                    f"worker-{device}",
+                    cache,
+                    queue,
+                    max_batch_size=settings.max_batch_size,
+                    join_wait=settings.batch_join_wait,
+                )
+            )
         limits = EngineLimits(settings.max_input_tokens, settings.max_new_tokens, settings.request_timeout)
         return cls(registry, encoder, workers, queue, limits)
 
