@@ -8,23 +8,13 @@ from pathlib import Path
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
+from bench.invariance import PROMPTS
 
 from inference_api.app import create_app
 from inference_api.settings import Settings
 from tests.conftest import TEST_KEYS, auth, wait_ready
 
 pytestmark = pytest.mark.real_model
-
-PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "Explain photosynthesis in one sentence.",
-    "List three primary colors.",
-    "What is 12 times 12?",
-    "Give me a tip for learning to cook, with a short example of a simple recipe.",
-    "Who wrote Romeo and Juliet?",
-    "Describe a cat.",
-]
 
 
 async def test_greedy_output_in_a_busy_batch_equals_output_alone(

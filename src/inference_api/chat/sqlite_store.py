@@ -242,20 +242,7 @@ class SqliteSessionStore:
             " m.session_id = s.id) FROM sessions s WHERE owner = ? ORDER BY updated_at DESC, id LIMIT ?",
             (owner, -1 if limit is None else limit),
         ).fetchall()
-        return [
-            SessionInfo(
-                id=row[0],
-                owner=row[1],
-                created_at=row[2],
-                updated_at=row[3],
-                system_prompt=row[4],
-                base_model=row[5],
-                adapter_version=row[6],
-                summarized_turns=row[8],
-                message_count=row[9],
-            )
-            for row in rows
-        ]
+        return [SessionInfo(**_settings_of(row), summarized_turns=row[8], message_count=row[9]) for row in rows]
 
     def _delete_sync(self, owner: str, session_id: str) -> None:
         with _write(self._db) as db:
@@ -442,14 +429,14 @@ def _load(db: sqlite3.Connection, owner: str, session_id: str) -> Session:
         "SELECT body FROM messages WHERE owner = ? AND session_id = ? ORDER BY seq", (owner, session_id)
     ).fetchall()
     return Session(
-        id=row[0],
-        owner=row[1],
-        created_at=row[2],
-        updated_at=row[3],
-        system_prompt=row[4],
-        base_model=row[5],
-        adapter_version=row[6],
+        **_settings_of(row),
         summary=row[7],
         summarized_turns=row[8],
         messages=[Message.model_validate_json(body) for (body,) in bodies],
     )
+
+
+def _settings_of(row: Sequence[Any]) -> dict[str, Any]:
+    """The leading `_SESSION_COLUMNS` of a row, as the fields that Session and SessionInfo share."""
+    names = ("id", "owner", "created_at", "updated_at", "system_prompt", "base_model", "adapter_version")
+    return dict(zip(names, row[: len(names)], strict=True))
