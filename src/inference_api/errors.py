@@ -75,6 +75,11 @@ class ServiceError(Exception):
         self.retry_after = retry_after
         self.details = details
 
+    @classmethod
+    def invalid(cls, field: str, message: str) -> ServiceError:
+        """A VALIDATION_ERROR about one field, named in the message and in `details` alike."""
+        return cls(ErrorCode.VALIDATION_ERROR, f"{field}: {message}", details=[{"field": field, "message": message}])
+
     @property
     def status(self) -> int:
         return HTTP_STATUS[self.code]

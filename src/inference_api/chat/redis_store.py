@@ -358,13 +358,7 @@ def _decode(result: Any) -> Session:
     flat, raw_messages = result
     fields = dict(zip(flat[::2], flat[1::2], strict=True))
     return Session(
-        id=fields["id"],
-        owner=fields["owner"],
-        created_at=float(fields["created_at"]),
-        updated_at=float(fields["updated_at"]),
-        system_prompt=fields.get("system_prompt"),
-        base_model=fields.get("base_model"),
-        adapter_version=fields.get("adapter_version"),
+        **_settings_of(fields),
         summary=fields.get("summary"),
         summarized_turns=int(fields.get("summarized_turns", 0)),
         messages=[Message.model_validate_json(raw) for raw in raw_messages],
@@ -373,13 +367,20 @@ def _decode(result: Any) -> Session:
 
 def _info(fields: dict[str, str], message_count: int) -> SessionInfo:
     return SessionInfo(
-        id=fields["id"],
-        owner=fields["owner"],
-        created_at=float(fields["created_at"]),
-        updated_at=float(fields["updated_at"]),
-        system_prompt=fields.get("system_prompt"),
-        base_model=fields.get("base_model"),
-        adapter_version=fields.get("adapter_version"),
+        **_settings_of(fields),
         message_count=message_count,
         summarized_turns=int(fields.get("summarized_turns", 0)),
     )
+
+
+def _settings_of(fields: dict[str, str]) -> dict[str, Any]:
+    """The hash fields that Session and SessionInfo share."""
+    return {
+        "id": fields["id"],
+        "owner": fields["owner"],
+        "created_at": float(fields["created_at"]),
+        "updated_at": float(fields["updated_at"]),
+        "system_prompt": fields.get("system_prompt"),
+        "base_model": fields.get("base_model"),
+        "adapter_version": fields.get("adapter_version"),
+    }

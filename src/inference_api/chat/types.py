@@ -78,12 +78,7 @@ def new_session_id() -> str:
 def check_session_id(session_id: str) -> str:
     """A client-chosen id, refused unless it matches SESSION_ID_PATTERN."""
     if not _SESSION_ID.match(session_id):
-        message = "must be 1 to 128 letters, digits, '.', '_' or '-'"
-        raise ServiceError(
-            ErrorCode.VALIDATION_ERROR,
-            f"session_id: {message}",
-            details=[{"field": "session_id", "message": message}],
-        )
+        raise ServiceError.invalid("session_id", "must be 1 to 128 letters, digits, '.', '_' or '-'")
     return session_id
 
 
@@ -94,19 +89,13 @@ def session_not_found(session_id: str) -> ServiceError:
 
 def check_branch_point(at_message: int, message_count: int) -> None:
     if not 0 <= at_message <= message_count:
-        message = f"must be between 0 and {message_count} (the session has {message_count} messages)"
-        raise ServiceError(
-            ErrorCode.VALIDATION_ERROR,
-            f"at_message: {message}",
-            details=[{"field": "at_message", "message": message}],
+        raise ServiceError.invalid(
+            "at_message", f"must be between 0 and {message_count} (the session has {message_count} messages)"
         )
 
 
 def check_fold(folded: int, message_count: int) -> None:
     if not 0 <= folded <= message_count:
-        message = f"must be between 0 and {message_count} (the session has {message_count} messages)"
-        raise ServiceError(
-            ErrorCode.VALIDATION_ERROR,
-            f"folded: {message}",
-            details=[{"field": "folded", "message": message}],
+        raise ServiceError.invalid(
+            "folded", f"must be between 0 and {message_count} (the session has {message_count} messages)"
         )

@@ -22,7 +22,7 @@ from inference_api.documents.protocol import (
 )
 from inference_api.documents.service import check_declared_size, payload_too_large, read_limited
 from inference_api.documents.types import DocumentInfo
-from inference_api.errors import ErrorCode, ServiceError
+from inference_api.errors import ServiceError
 
 router = APIRouter(tags=["documents"])
 
@@ -67,7 +67,7 @@ def view(info: DocumentInfo) -> DocumentView:
 
 
 def _form_error(message: str) -> ServiceError:
-    return ServiceError(ErrorCode.VALIDATION_ERROR, f"file: {message}", details=[{"field": "file", "message": message}])
+    return ServiceError.invalid("file", message)
 
 
 @router.post("/upload", response_model=UploadResult, openapi_extra=_UPLOAD_SCHEMA)

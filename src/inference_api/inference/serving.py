@@ -37,12 +37,7 @@ def check_token_budget(encoded: EncodedPrompt, max_new_tokens: int, max_input_to
 
 def check_max_new_tokens(value: int, limit: int, field: str = "max_new_tokens") -> None:
     if value > limit:
-        message = f"must be at most {limit} (MAX_NEW_TOKENS)"
-        raise ServiceError(
-            ErrorCode.VALIDATION_ERROR,
-            f"{field}: {message}",
-            details=[{"field": field, "message": message}],
-        )
+        raise ServiceError.invalid(field, f"must be at most {limit} (MAX_NEW_TOKENS)")
 
 
 async def encode_within_budget(
@@ -74,11 +69,8 @@ class InferenceService:
         engine = self._engine
         check_max_new_tokens(body.max_new_tokens, engine.limits.max_new_tokens)
         if body.raw and body.use_documents:
-            message = "cannot be combined with raw: sources go into the chat template"
-            raise ServiceError(
-                ErrorCode.VALIDATION_ERROR,
-                f"use_documents: {message}",
-                details=[{"field": "use_documents", "message": message}],
+            raise ServiceError.invalid(
+                "use_documents", "cannot be combined with raw: sources go into the chat template"
             )
         ref = engine.registry.ref(body.base_model, body.adapter_version)
         engine.registry.resolve(ref)
