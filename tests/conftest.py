@@ -153,5 +153,18 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+    """The response is the product's error envelope with this status and code, and carries its request id."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert error["code"] == code
+    assert isinstance(error["message"], str) and error["message"]
+    assert error["request_id"] == response.headers["x-request-id"]
+    return error  # type: ignore[no-any-return]
+
+
 def auth(key: str = USER_KEY) -> dict[str, str]:
     return {"X-API-Key": key}

@@ -13,21 +13,9 @@ from fastapi import FastAPI
 
 from inference_api.app import create_app
 from inference_api.settings import Settings
-from tests.conftest import ADMIN_KEY, auth
+from tests.conftest import ADMIN_KEY, assert_error, auth
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert error["code"] == code
-    assert isinstance(error["message"], str) and error["message"]
-    assert error["request_id"] == response.headers["x-request-id"]
-    return error  # type: ignore[no-any-return]
 
 
 async def test_unknown_route_is_not_found(client: httpx.AsyncClient) -> None:

@@ -15,7 +15,7 @@ from inference_api import __version__
 from inference_api.app import create_app
 from inference_api.modeling.builtin import BUILTIN_MODEL
 from inference_api.settings import Settings
-from tests.conftest import ADMIN_KEY, DOCS_KEY, USER_KEY, auth
+from tests.conftest import ADMIN_KEY, DOCS_KEY, USER_KEY, assert_error, auth
 
 STATUS_KEYS = {
     "service",
@@ -30,14 +30,6 @@ STATUS_KEYS = {
     "workers",
     "memory",
 }
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code
-    assert error["request_id"] == response.headers["x-request-id"]
-    return error  # type: ignore[no-any-return]
 
 
 async def get_status(client: httpx.AsyncClient, key: str = USER_KEY) -> dict[str, Any]:

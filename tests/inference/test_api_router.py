@@ -11,15 +11,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from inference_api.app import create_app
-from tests.conftest import ADMIN_KEY, DOCS_KEY, TINY_CONTEXT, USER_KEY, auth, make_settings
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code
-    assert error["request_id"] == response.headers["x-request-id"]
-    return error  # type: ignore[no-any-return]
+from tests.conftest import ADMIN_KEY, DOCS_KEY, TINY_CONTEXT, USER_KEY, assert_error, auth, make_settings
 
 
 async def test_infer_answers_with_metadata(client: httpx.AsyncClient) -> None:

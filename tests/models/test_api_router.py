@@ -7,15 +7,7 @@ from typing import Any
 import httpx
 
 from inference_api.modeling.builtin import BUILTIN_MODEL
-from tests.conftest import ADMIN_KEY, DOCS_KEY, USER_KEY, auth
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, object]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code
-    assert error["request_id"] == response.headers["x-request-id"]
-    return error  # type: ignore[no-any-return]
+from tests.conftest import ADMIN_KEY, DOCS_KEY, USER_KEY, assert_error, auth
 
 
 async def models(client: httpx.AsyncClient, key: str = USER_KEY) -> dict[str, dict[str, Any]]:
