@@ -200,4 +200,7 @@ def test_prometheus_evaluates_every_rule_without_error(scraped: dict[str, str]) 
     assert set(rules) == {rule["alert"] for rule in alert_rules()}
     for name, rule in rules.items():
         assert rule["health"] == "ok", f"{name}: {rule.get('lastError')}"
-        assert rule["state"] == "inactive", f"{name} fires on a healthy service"
+        # Latency rules may be pending on a busy machine (an upload's first embedding); none may fire.
+        assert rule["state"] != "firing", f"{name} fires on a healthy service"
+    assert rules["ServiceDown"]["state"] == "inactive"
+    assert rules["ModelLoadingFailures"]["state"] == "inactive"
