@@ -15,6 +15,7 @@ from inference_api.documents.api_router import router as documents_router
 from inference_api.health.api_router import router as health_router
 from inference_api.inference.api_router import router as inference_router
 from inference_api.models.api_router import router as models_router
+from inference_api.openai_api.api_router import router as openai_router
 from inference_api.services import build_services
 from inference_api.settings import Settings, load_settings
 
@@ -45,6 +46,6 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
     )
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
-    for router in (health_router, inference_router, models_router, chat_router, documents_router):
+    for router in (health_router, inference_router, models_router, chat_router, documents_router, openai_router):
         app.include_router(router)
     return app

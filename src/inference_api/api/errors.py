@@ -1,4 +1,5 @@
-"""The one error envelope: `{"error": {"code", "message", "request_id"}}`, built here and only here."""
+"""The error envelopes, built here and only here: the product's `{"error": {"code", "message", "request_id"}}`,
+and on the OpenAI-compatible routes (`/v1/...`) OpenAI's `{"error": {"message", "type", "param", "code"}}`."""
 
 from __future__ import annotations
 
@@ -28,14 +29,49 @@ def error_body(error: ServiceError, request_id: str | None) -> dict[str, Any]:
     return {"error": body}
 
 
+# OpenAI's own codes where it has one; otherwise the product's code in lower case.
+_OPENAI_CODES = {
+    ErrorCode.UNAUTHORIZED: "invalid_api_key",
+    ErrorCode.TOKEN_LIMIT_EXCEEDED: "context_length_exceeded",
+    ErrorCode.MODEL_NOT_FOUND: "model_not_found",
+    ErrorCode.RATE_LIMITED: "rate_limit_exceeded",
+}
+_OPENAI_PARAMS = {ErrorCode.MODEL_NOT_FOUND: "model"}
+
+
+def uses_openai_shape(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def openai_status(error: ServiceError) -> int:
+    # OpenAI answers a bad parameter with 400 (the SDK's BadRequestError), not 422.
+    return 400 if error.code == ErrorCode.VALIDATION_ERROR else HTTP_STATUS[error.code]
+
+
+def openai_error_body(error: ServiceError) -> dict[str, Any]:
+    status = openai_status(error)
+    kind = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}.get(
+        status, "server_error" if status >= 500 else "invalid_request_error"
+    )
+    param = error.details[0].get("field") if error.details else _OPENAI_PARAMS.get(error.code)
+    code = _OPENAI_CODES.get(error.code, error.code.value.lower())
+    return {"error": {"message": error.message, "type": kind, "param": param, "code": code}}
+
+
+def error_content(error: ServiceError, request_id: str | None, path: str) -> tuple[int, dict[str, Any]]:
+    """The status and body of an error answered on `path`: the envelope is chosen by the route prefix."""
+    if uses_openai_shape(path):
+        return openai_status(error), openai_error_body(error)
+    return HTTP_STATUS[error.code], error_body(error, request_id)
+
+
 def error_headers(error: ServiceError) -> dict[str, str]:
     return {"Retry-After": str(error.retry_after)} if error.retry_after is not None else {}
 
 
-def error_response(error: ServiceError, request_id: str | None) -> JSONResponse:
-    return JSONResponse(
-        error_body(error, request_id), status_code=HTTP_STATUS[error.code], headers=error_headers(error)
-    )
+def error_response(error: ServiceError, request_id: str | None, path: str = "") -> JSONResponse:
+    status, body = error_content(error, request_id, path)
+    return JSONResponse(body, status_code=status, headers=error_headers(error))
 
 
 def request_id_of(request: Request) -> str | None:
@@ -59,11 +95,11 @@ def validation_error(exc: RequestValidationError) -> ServiceError:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        return error_response(exc, request_id_of(request))
+        return error_response(exc, request_id_of(request), request.url.path)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return error_response(validation_error(exc), request_id_of(request))
+        return error_response(validation_error(exc), request_id_of(request), request.url.path)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -72,7 +108,7 @@ def install_error_handlers(app: FastAPI) -> None:
             ErrorCode.NOT_FOUND: f"no route {request.url.path}",
             ErrorCode.METHOD_NOT_ALLOWED: f"{request.method} is not allowed on {request.url.path}",
         }.get(code, str(exc.detail))
-        response = error_response(ServiceError(code, message), request_id_of(request))
+        response = error_response(ServiceError(code, message), request_id_of(request), request.url.path)
         if exc.headers:
             response.headers.update(exc.headers)
         return response

@@ -10,7 +10,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inference_api.api.errors import error_body
+from inference_api.api.errors import error_content
 from inference_api.errors import ErrorCode, ServiceError
 
 logger = logging.getLogger(__name__)
@@ -56,11 +56,12 @@ class RequestContextMiddleware:
             logger.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if not started:
                 error = ServiceError(ErrorCode.INTERNAL_ERROR, "internal error; see the server log")
-                body = json.dumps(error_body(error, request_id)).encode()
+                status, content = error_content(error, request_id, scope.get("path", ""))
+                body = json.dumps(content).encode()
                 await send(
                     {
                         "type": "http.response.start",
-                        "status": 500,
+                        "status": status,
                         "headers": [
                             (b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),

@@ -6,11 +6,12 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from inference_api.api.errors import error_body
+from inference_api.documents.types import SearchHit
 from inference_api.engine.service import Engine
-from inference_api.engine.types import Completion, GenerationRequest, TextDelta
+from inference_api.engine.types import Completion, GenerationRequest, SamplingParams, TextDelta
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.grounding import NOTHING_FOUND, Grounding, grounded_system_prompt, sources_of
 from inference_api.inference.protocol import InferMetadata, InferRequest, InferResponse, Source
@@ -40,15 +41,6 @@ def check_max_new_tokens(value: int, limit: int, field: str = "max_new_tokens") 
         raise ServiceError.invalid(field, f"must be at most {limit} (MAX_NEW_TOKENS)")
 
 
-async def encode_within_budget(
-    engine: Engine, ref: ModelRef, messages: list[Message], max_new_tokens: int
-) -> EncodedPrompt:
-    """Format with the model's chat template off the event loop, and refuse what does not fit."""
-    encoded = await asyncio.to_thread(engine.encoder.encode_chat, ref.base, messages)
-    check_token_budget(encoded, max_new_tokens, engine.limits.max_input_tokens)
-    return encoded
-
-
 @dataclass
 class Prepared:
     """A request ready for the engine, or (no relevant document) the answer that replaces generating."""
@@ -58,49 +50,108 @@ class Prepared:
     sources: list[Source] | None = None
 
 
+def fit_to_context(params: SamplingParams, encoded: EncodedPrompt) -> SamplingParams:
+    """Lower max_new_tokens to the room the prompt leaves in the context (for callers that set no maximum)."""
+    room = encoded.context_length - len(encoded.ids)
+    return replace(params, max_new_tokens=room) if 0 < room < params.max_new_tokens else params
+
+
 class InferenceService:
-    """Single-shot inference on the engine; knows the engine's limits, not HTTP."""
+    """Single-shot inference on the engine; knows the engine's limits, not HTTP.
+
+    /infer and the OpenAI-compatible routes both go through `check`, `prepare_chat` / `prepare_raw`,
+    `admit` / `generate` and `events`, so limits, deadlines and cancellation are the same for both.
+    """
 
     def __init__(self, engine: Engine, grounding: Grounding) -> None:
         self._engine = engine
         self._grounding = grounding
 
-    async def prepare(self, body: InferRequest, owner: str, arrived: float) -> Prepared:
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def check(self, ref: ModelRef, max_new_tokens: int, field: str = "max_new_tokens") -> None:
+        """What can be refused before encoding: too many new tokens, an unknown model, an engine not accepting."""
         engine = self._engine
-        check_max_new_tokens(body.max_new_tokens, engine.limits.max_new_tokens)
+        check_max_new_tokens(max_new_tokens, engine.limits.max_new_tokens, field)
+        engine.registry.resolve(ref)
+        # Readiness is checked again on admission; checking here spares encoding a doomed request.
+        engine.check_accepting()
+
+    async def prepare_raw(
+        self, ref: ModelRef, prompt: str, params: SamplingParams, arrived: float, *, fit: bool = False
+    ) -> Prepared:
+        """The prompt as-is, without the chat template."""
+        encoded = await asyncio.to_thread(self._engine.encoder.encode_raw, ref.base, prompt)
+        return Prepared(ref, self._request(ref, encoded, params, arrived, fit))
+
+    async def prepare_chat(
+        self,
+        ref: ModelRef,
+        messages: list[Message],
+        params: SamplingParams,
+        arrived: float,
+        *,
+        documents_of: str | None = None,
+        fit: bool = False,
+    ) -> Prepared:
+        """The conversation in the model's chat template, grounded on `documents_of`'s documents when given."""
+        sources = None
+        if documents_of is not None:
+            question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+            hits = await self._grounding.find(documents_of, question)
+            sources = sources_of(hits)
+            if not hits:
+                return Prepared(ref, None, sources)
+            messages = _grounded(messages, hits)
+        encoded = await asyncio.to_thread(self._engine.encoder.encode_chat, ref.base, messages)
+        return Prepared(ref, self._request(ref, encoded, params, arrived, fit), sources)
+
+    def _request(
+        self, ref: ModelRef, encoded: EncodedPrompt, params: SamplingParams, arrived: float, fit: bool
+    ) -> GenerationRequest:
+        limits = self._engine.limits
+        if fit:
+            params = fit_to_context(params, encoded)
+        check_token_budget(encoded, params.max_new_tokens, limits.max_input_tokens)
+        return GenerationRequest(ref, encoded.ids, params, deadline=arrived + limits.request_timeout)
+
+    async def prepare(self, body: InferRequest, owner: str, arrived: float) -> Prepared:
         if body.raw and body.use_documents:
             raise ServiceError.invalid(
                 "use_documents", "cannot be combined with raw: sources go into the chat template"
             )
-        ref = engine.registry.ref(body.base_model, body.adapter_version)
-        engine.registry.resolve(ref)
-        # Readiness is checked again on admission; checking here spares encoding a doomed request.
-        engine.check_accepting()
-        deadline = arrived + engine.limits.request_timeout
+        ref = self._engine.registry.ref(body.base_model, body.adapter_version)
+        self.check(ref, body.max_new_tokens)
         if body.raw:
-            encoded = await asyncio.to_thread(engine.encoder.encode_raw, ref.base, body.prompt)
-            check_token_budget(encoded, body.max_new_tokens, engine.limits.max_input_tokens)
-            return Prepared(ref, GenerationRequest(ref, encoded.ids, body.sampling(), deadline=deadline))
+            return await self.prepare_raw(ref, body.prompt, body.sampling(), arrived)
         messages: list[Message] = [{"role": "user", "content": body.prompt}]
-        sources = None
-        if body.use_documents:
-            hits = await self._grounding.find(owner, body.prompt)
-            sources = sources_of(hits)
-            if not hits:
-                return Prepared(ref, None, sources)
-            messages.insert(0, {"role": "system", "content": grounded_system_prompt(hits)})
-        encoded = await encode_within_budget(engine, ref, messages, body.max_new_tokens)
-        return Prepared(ref, GenerationRequest(ref, encoded.ids, body.sampling(), deadline=deadline), sources)
+        return await self.prepare_chat(
+            ref, messages, body.sampling(), arrived, documents_of=owner if body.use_documents else None
+        )
 
     def admit(self, prepared: Prepared) -> None:
         if prepared.request is not None:
             self._engine.admit(prepared.request)
 
+    async def generate(self, request: GenerationRequest) -> Completion:
+        return await self._engine.generate(request)
+
+    async def events(self, request: GenerationRequest) -> AsyncIterator[TextDelta | Completion]:
+        """An admitted request's events; a listener that stops early (the client left) cancels it in the engine."""
+        try:
+            async for event in request.events():
+                yield event
+        finally:
+            if not request.finished:
+                self._engine.cancel(request)
+
     async def infer(self, body: InferRequest, owner: str, arrived: float) -> InferResponse:
         prepared = await self.prepare(body, owner, arrived)
         if prepared.request is None:
             return InferResponse(result=NOTHING_FOUND, metadata=unanswered(prepared.ref, arrived), sources=[])
-        completion = await self._engine.generate(prepared.request)
+        completion = await self.generate(prepared.request)
         return InferResponse(result=completion.text, metadata=metadata(completion, arrived), sources=prepared.sources)
 
     async def stream(self, prepared: Prepared, arrived: float, request_id: str | None) -> AsyncIterator[str]:
@@ -113,7 +164,7 @@ class InferenceService:
             yield sse({"result": NOTHING_FOUND, "metadata": meta, "sources": sources})
             return
         try:
-            async for event in request.events():
+            async for event in self.events(request):
                 if isinstance(event, TextDelta):
                     yield sse({"delta": event.text})
                 else:
@@ -123,9 +174,13 @@ class InferenceService:
                     yield sse(final)
         except ServiceError as exc:
             yield sse(error_body(exc, request_id), event="error")
-        finally:
-            if not request.finished:
-                self._engine.cancel(request)
+
+
+def _grounded(messages: list[Message], hits: list[SearchHit]) -> list[Message]:
+    """The sources go into the system message, after the caller's own system prompt if there is one."""
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": grounded_system_prompt(hits, messages[0]["content"])}, *messages[1:]]
+    return [{"role": "system", "content": grounded_system_prompt(hits)}, *messages]
 
 
 def unanswered(ref: ModelRef, arrived: float) -> InferMetadata:

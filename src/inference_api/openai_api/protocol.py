@@ -1,0 +1,292 @@
+"""Request and response bodies of the OpenAI-compatible routes, in OpenAI's own field names and shapes.
+
+Requests accept fields this service does not know (clients send newer OpenAI fields such as `store` or
+`metadata`) and ignore them; fields it knows but cannot honour (`n` > 1, tools, logprobs, penalties...)
+are refused with a 400 that names them, so nothing asked for is silently dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
+
+from inference_api.engine.types import SamplingParams
+from inference_api.inference.protocol import Source, StopString
+
+FinishReason = Literal["stop", "length"]
+
+
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | list[TextPart] | None = None
+    name: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _has_text(self) -> ChatMessageIn:
+        if self.content is None:
+            raise ValueError("content is required (tool calls are not supported)")
+        return self
+
+    def text(self) -> str:
+        content = self.content
+        return content if isinstance(content, str) else "".join(part.text for part in content or [])
+
+    def template_role(self) -> str:
+        # OpenAI's newer name for the system role; chat templates know only `system`.
+        return "system" if self.role == "developer" else self.role
+
+
+class GenerationFields(BaseModel):
+    """What both completion routes take: the model and how to sample."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr = Field(min_length=1, max_length=300, description="`base` or `base:version` (an adapter).")
+    max_tokens: StrictInt | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    n: StrictInt | None = None
+    stop: list[StopString] | StopString | None = None
+    seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    user: StrictStr | None = Field(default=None, max_length=256, description="Accepted; the key names the caller.")
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: Any = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int | None) -> int | None:
+        if value not in (None, 1):
+            raise ValueError("only n=1 is supported")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, value: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop strings")
+        return value
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalty(cls, value: float | None) -> float | None:
+        if value:
+            raise ValueError("penalties are not supported (only 0)")
+        return value
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value:
+            raise ValueError("logit_bias is not supported")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: Any) -> Any:
+        if value not in (None, False, 0):
+            raise ValueError("logprobs are not supported")
+        return value
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def sampling(self, max_new_tokens: int) -> SamplingParams:
+        # OpenAI samples unless told temperature 0; its default temperature is 1.
+        temperature = 1.0 if self.temperature is None else self.temperature
+        stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return SamplingParams(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            do_sample=temperature > 0.0,
+            stop=stop,
+            seed=self.seed,
+        )
+
+
+class ChatCompletionRequest(GenerationFields):
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=1000)
+    max_completion_tokens: StrictInt | None = Field(default=None, gt=0)
+    use_documents: StrictBool = Field(
+        default=False, description="Extension: answer from the caller's uploaded documents; `sources` come back."
+    )
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+    top_logprobs: StrictInt | None = None
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+        if value:
+            raise ValueError("tool and function calling are not supported")
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value and value.get("type") != "text":
+            raise ValueError("only the text response format is supported")
+        return value
+
+    @model_validator(mode="after")
+    def _asks_something(self) -> ChatCompletionRequest:
+        if not any(m.role == "user" and m.text().strip() for m in self.messages):
+            raise ValueError("messages need at least one user message with text")
+        return self
+
+    def requested_max_tokens(self) -> int | None:
+        # max_completion_tokens is OpenAI's newer name; it wins when both are sent.
+        return self.max_completion_tokens or self.max_tokens
+
+
+Prompt = Annotated[StrictStr, Field(min_length=1, max_length=200_000)]
+
+
+class CompletionRequest(GenerationFields):
+    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=1)]
+    echo: StrictBool | None = None
+    suffix: StrictStr | None = None
+    best_of: StrictInt | None = None
+    use_documents: StrictBool | None = None
+
+    @field_validator("echo", "use_documents")
+    @classmethod
+    def _not_set(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("not supported on completions (use_documents works on chat completions)")
+        return value
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, value: str | None) -> str | None:
+        if value:
+            raise ValueError("suffix is not supported")
+        return value
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of_one(cls, value: int | None) -> int | None:
+        if value not in (None, 1):
+            raise ValueError("only best_of=1 is supported")
+        return value
+
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    sources: list[Source] | None = Field(default=None, description="Extension: present when use_documents was set.")
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelCardList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr = Field(min_length=1, max_length=300)
+    input: StrictStr | Annotated[list[StrictStr], Field(min_length=1, max_length=2048)] = Field(
+        description="A text or a list of texts (token arrays are not supported)."
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = Field(default=None, gt=0)
+    user: StrictStr | None = Field(default=None, max_length=256)
+
+    @field_validator("input")
+    @classmethod
+    def _no_empty_text(cls, value: str | list[str]) -> str | list[str]:
+        texts = [value] if isinstance(value, str) else value
+        if any(not text for text in texts):
+            raise ValueError("input texts must not be empty")
+        return value
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="Floats, or little-endian float32 bytes in base64.")
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
