@@ -36,6 +36,7 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,
+        access_log=False,  # the app writes its own access line, with the route, key name, model and timings
         # uvicorn waits this long for open requests after SIGTERM, then the lifespan drains the rest.
         timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
     )

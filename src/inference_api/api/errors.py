@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference_api.errors import HTTP_STATUS, ErrorCode, ServiceError
+from inference_api.observability.context import note_error
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +23,8 @@ _STATUS_CODES = {
 
 
 def error_body(error: ServiceError, request_id: str | None) -> dict[str, Any]:
+    """The envelope; every one built is counted here, for /stats/errors and error_responses_total."""
+    note_error(error.code)
     body: dict[str, Any] = {"code": error.code.value, "message": error.message, "request_id": request_id}
     if error.details:
         body["details"] = error.details
