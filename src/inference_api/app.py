@@ -53,7 +53,9 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
         lifespan=lifespan,
     )
     app.add_middleware(RequestContextMiddleware)
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics, skip_paths=frozenset({settings.metrics_path}))
+    # Scrapes are not requests anyone made of the service: they stay out of its own figures.
+    scrapes = frozenset({settings.metrics_path} if settings.prometheus_enabled else ())
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, skip_paths=scrapes)
     install_error_handlers(app)
     routers = [health_router, inference_router, models_router, chat_router, documents_router, observability_router]
     if settings.prometheus_enabled:
