@@ -55,3 +55,7 @@ def configure_logging(
     root.setLevel(level)
     for noisy in ("httpx", "httpcore", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # uvicorn's command line gives its loggers their own handlers; one format for every line means the root's.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
