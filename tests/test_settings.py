@@ -248,7 +248,7 @@ def test_cli_refuses_production_without_keys_before_serving(
     monkeypatch.setenv("ENVIRONMENT", "production")
     monkeypatch.setenv("DATA_DIR", str(clean_env / "data"))
     # configure_logging would replace the root logger's handlers (pytest's included).
-    monkeypatch.setattr(cli, "configure_logging", lambda level: None)
+    monkeypatch.setattr(cli, "configure_logging", lambda *args, **kwargs: None)
 
     def no_server(*args: object, **kwargs: object) -> None:
         raise AssertionError("the server must not start")

@@ -15,6 +15,10 @@ from inference_api.documents.api_router import router as documents_router
 from inference_api.health.api_router import router as health_router
 from inference_api.inference.api_router import router as inference_router
 from inference_api.models.api_router import router as models_router
+from inference_api.observability.api_router import metrics_router
+from inference_api.observability.api_router import router as observability_router
+from inference_api.observability.http import ObservabilityMiddleware
+from inference_api.observability.metrics import Metrics
 from inference_api.openai_api.api_router import router as openai_router
 from inference_api.services import build_services
 from inference_api.settings import Settings, load_settings
@@ -23,10 +27,14 @@ from inference_api.settings import Settings, load_settings
 def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> FastAPI:
     """Build the app. Services are made in the lifespan, so importing or creating the app loads nothing."""
     settings = settings or load_settings()
+    # Made here, not in the lifespan: the middleware that feeds it is built before the lifespan runs.
+    metrics = Metrics(
+        default_model=(settings.default_model, settings.default_version), queue_capacity=settings.max_queue
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await build_services(settings)
+        services = await build_services(settings, metrics)
         app.state.services = services
         await services.engine.start(warm_up=warm_up)
         services.maintenance.start()
@@ -37,6 +45,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
             await services.engine.stop(drain_timeout=settings.drain_timeout)
             await services.sessions.close()
             services.documents.close()
+            metrics.close()
 
     app = FastAPI(
         title="inference-api",
@@ -45,7 +54,14 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
         lifespan=lifespan,
     )
     app.add_middleware(RequestContextMiddleware)
+    # Scrapes are not requests anyone made of the service: they stay out of its own figures.
+    scrapes = frozenset({settings.metrics_path} if settings.prometheus_enabled else ())
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, skip_paths=scrapes)
     install_error_handlers(app)
-    for router in (health_router, inference_router, models_router, chat_router, documents_router, openai_router):
+    routers = [health_router, inference_router, models_router, chat_router, documents_router, observability_router]
+    routers.append(openai_router)
+    if settings.prometheus_enabled:
+        routers.append(metrics_router(settings.metrics_path))
+    for router in routers:
         app.include_router(router)
     return app

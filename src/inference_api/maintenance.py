@@ -33,9 +33,12 @@ class Maintenance:
 
     jobs: dict[str, tuple[Job, JobRecord]] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
+    _log_levels: dict[str, int] = field(default_factory=dict)
 
-    def add(self, name: str, interval: float, job: Job) -> None:
+    def add(self, name: str, interval: float, job: Job, *, log_level: int = logging.INFO) -> None:
+        """Register a job; a frequent one logs its results at a lower level (`log_level`)."""
         self.jobs[name] = (job, JobRecord(name, interval))
+        self._log_levels[name] = log_level
 
     async def run_once(self, name: str) -> JobRecord:
         job, record = self.jobs[name]
@@ -53,7 +56,7 @@ class Maintenance:
             record.last_duration = round(time.time() - started, 4)
             record.last_result = result
             record.last_error = None
-            logger.info("maintenance %s: %s", name, result)
+            logger.log(self._log_levels.get(name, logging.INFO), "maintenance %s: %s", name, result)
         return record
 
     def start(self) -> None:

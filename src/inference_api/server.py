@@ -7,9 +7,11 @@ import socket
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from inference_api.app import create_app
-from inference_api.settings import Settings
+from inference_api.logs import configure_logging
+from inference_api.settings import Settings, load_settings
 
 
 class DrainingServer(uvicorn.Server):
@@ -36,7 +38,16 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_config=None,
+        access_log=False,  # the app writes its own access line, with the route, key name, model and timings
         # uvicorn waits this long for open requests after SIGTERM, then the lifespan drains the rest.
         timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
     )
     DrainingServer(config).run()
+
+
+def worker_app() -> FastAPI:
+    """The app for `uvicorn --factory inference_api.server:worker_app --workers N`: each worker process
+    reads the settings and sets up logging (LOG_FORMAT) itself, as `inference-api serve` does."""
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

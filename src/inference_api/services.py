@@ -19,6 +19,8 @@ from inference_api.modeling.conversion import is_prepared
 from inference_api.modeling.loader import resolve_precision, worker_devices
 from inference_api.modeling.prompt import PromptEncoder
 from inference_api.modeling.registry import ModelRef, ModelRegistry
+from inference_api.observability.memory import MemoryMonitor, read_device_memory, retry_after
+from inference_api.observability.metrics import Metrics
 from inference_api.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ class Services:
     documents: LazyDocuments
     grounding: Grounding
     maintenance: Maintenance
+    metrics: Metrics
+    memory: MemoryMonitor
 
 
 def check_configuration(settings: Settings) -> tuple[ApiKeyStore, ModelRegistry]:
@@ -95,16 +99,20 @@ def check_configuration(settings: Settings) -> tuple[ApiKeyStore, ModelRegistry]
     return keys, registry
 
 
-async def build_services(settings: Settings) -> Services:
+async def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
     keys, registry = check_configuration(settings)
+    metrics = metrics or Metrics(
+        default_model=(registry.default.base, registry.default.version), queue_capacity=settings.max_queue
+    )
     encoder = PromptEncoder(registry, settings.data_dir)
-    engine = Engine.build(settings, registry, encoder)
+    engine = Engine.build(settings, registry, encoder, metrics)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     sessions = await open_session_store(settings.data_dir, settings.redis_url)
     documents = LazyDocuments(settings)
     grounding = Grounding(documents, k=settings.rag_top_k, min_score=settings.rag_min_score)
     maintenance = Maintenance()
     schedule_jobs(maintenance, settings, sessions, documents)
+    memory = watch_memory(maintenance, settings, engine, metrics)
     return Services(
         settings=settings,
         keys=keys,
@@ -115,6 +123,8 @@ async def build_services(settings: Settings) -> Services:
         documents=documents,
         grounding=grounding,
         maintenance=maintenance,
+        metrics=metrics,
+        memory=memory,
     )
 
 
@@ -140,3 +150,23 @@ def schedule_jobs(
     maintenance.add("session-expiry", interval, expire_sessions)
     maintenance.add("vector-duplicates", interval, deduplicate_chunks)
     maintenance.add("vector-integrity", interval, check_vectors)
+
+
+def watch_memory(maintenance: Maintenance, settings: Settings, engine: Engine, metrics: Metrics) -> MemoryMonitor:
+    """The device memory check: a maintenance job every MEMORY_CHECK_INTERVAL, and once now so the gauges exist."""
+    devices = [worker.device for worker in engine.workers]
+    wait = retry_after(settings.memory_check_interval)
+    monitor = MemoryMonitor(
+        lambda: read_device_memory(devices),
+        warning=settings.memory_warning,
+        critical=settings.memory_critical,
+        metrics=metrics,
+        on_critical=lambda critical: engine.refuse_for_memory(wait if critical else None),
+    )
+    monitor.check()
+
+    async def check_memory() -> dict[str, Any]:
+        return monitor.check()
+
+    maintenance.add("device-memory", settings.memory_check_interval, check_memory, log_level=logging.DEBUG)
+    return monitor

@@ -10,6 +10,7 @@ from inference_api.chat.store import SessionStore
 from inference_api.engine.service import Engine
 from inference_api.grounding import Grounding
 from inference_api.modeling.registry import ModelRegistry
+from inference_api.observability.metrics import Metrics
 from inference_api.services import LazyDocuments, Services
 from inference_api.settings import Settings
 
@@ -43,6 +44,10 @@ def get_grounding(request: Request) -> Grounding:
     return get_services(request).grounding
 
 
+def get_metrics(request: Request) -> Metrics:
+    return get_services(request).metrics
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
@@ -50,3 +55,4 @@ RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
 SessionsDep = Annotated[SessionStore, Depends(get_sessions)]
 DocumentsDep = Annotated[LazyDocuments, Depends(get_documents)]
 GroundingDep = Annotated[Grounding, Depends(get_grounding)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

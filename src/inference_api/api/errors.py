@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference_api.errors import HTTP_STATUS, ErrorCode, ServiceError
+from inference_api.observability.context import note_error
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,8 @@ _STATUS_CODES = {
 
 
 def error_body(error: ServiceError, request_id: str | None) -> dict[str, Any]:
+    """The envelope; every one built is counted here, for /stats/errors and error_responses_total."""
+    note_error(error.code)
     body: dict[str, Any] = {"code": error.code.value, "message": error.message, "request_id": request_id}
     if error.details:
         body["details"] = error.details
@@ -49,6 +52,8 @@ def openai_status(error: ServiceError) -> int:
 
 
 def openai_error_body(error: ServiceError) -> dict[str, Any]:
+    """OpenAI's shape of the envelope, counted like the native one."""
+    note_error(error.code)
     status = openai_status(error)
     kind = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}.get(
         status, "server_error" if status >= 500 else "invalid_request_error"

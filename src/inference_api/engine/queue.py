@@ -11,12 +11,17 @@ from inference_api.errors import ErrorCode, ServiceError
 
 
 class RequestQueue:
-    def __init__(self, maxsize: int, retry_after: int = 1) -> None:
+    def __init__(self, maxsize: int, retry_after: int = 1, on_depth: Callable[[int], None] | None = None) -> None:
         self.maxsize = maxsize
         self.retry_after = retry_after
         self._items: deque[GenerationRequest] = deque()
         self._changed = asyncio.Event()
         self._closed = False
+        self._on_depth = on_depth  # told the depth after every change (the queue_depth gauge)
+
+    def _depth_changed(self) -> None:
+        if self._on_depth is not None:
+            self._on_depth(len(self._items))
 
     def __len__(self) -> int:
         return len(self._items)
@@ -36,6 +41,7 @@ class RequestQueue:
                 retry_after=self.retry_after,
             )
         self._items.append(request)
+        self._depth_changed()
         self._changed.set()
 
     def remove(self, request: GenerationRequest) -> bool:
@@ -44,6 +50,7 @@ class RequestQueue:
             self._items.remove(request)
         except ValueError:
             return False
+        self._depth_changed()
         return True
 
     def oldest(self) -> GenerationRequest | None:
@@ -58,6 +65,8 @@ class RequestQueue:
             if accept(request):
                 self._items.remove(request)
                 taken.append(request)
+        if taken:
+            self._depth_changed()
         return taken
 
     def waiting(self, accept: Callable[[GenerationRequest], bool]) -> tuple[int, float | None]:
@@ -70,6 +79,8 @@ class RequestQueue:
         expired = [r for r in self._items if r.expired(now)]
         for request in expired:
             self._items.remove(request)
+        if expired:
+            self._depth_changed()
         return expired
 
     async def get(self, prefer: Callable[[GenerationRequest], bool] | None = None) -> GenerationRequest | None:
@@ -79,12 +90,10 @@ class RequestQueue:
                 return None
             self._changed.clear()
             await self._changed.wait()
-        if prefer is not None:
-            for request in self._items:
-                if prefer(request):
-                    self._items.remove(request)
-                    return request
-        return self._items.popleft()
+        chosen = next((r for r in self._items if prefer(r)), self._items[0]) if prefer else self._items[0]
+        self._items.remove(chosen)
+        self._depth_changed()
+        return chosen
 
     def close(self) -> None:
         """Stop accepting; workers drain what is waiting and then see None."""
@@ -94,4 +103,5 @@ class RequestQueue:
     def drain(self) -> list[GenerationRequest]:
         items = list(self._items)
         self._items.clear()
+        self._depth_changed()
         return items

@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from inference_api.engine.queue import RequestQueue
-from inference_api.engine.types import Completion, GenerationRequest, SamplingParams
+from inference_api.engine.types import Completion, Failure, GenerationRequest, SamplingParams
 from inference_api.engine.worker import DeviceWorker
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling.cache import ModelCache
 from inference_api.modeling.loader import resolve_precision, worker_devices
 from inference_api.modeling.prompt import PromptEncoder
 from inference_api.modeling.registry import ModelRef, ModelRegistry
+from inference_api.observability.metrics import Metrics
 from inference_api.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,10 @@ class Engine:
         workers: list[DeviceWorker],
         queue: RequestQueue,
         limits: EngineLimits,
+        metrics: Metrics | None = None,
     ) -> None:
         self.registry = registry
+        self.metrics = metrics or Metrics()
         self.encoder = encoder
         self.workers = workers
         self.queue = queue
@@ -50,10 +53,14 @@ class Engine:
         self.failure: str | None = None
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
+        self._memory_retry_after: int | None = None  # set while device memory is critical
 
     @classmethod
-    def build(cls, settings: Settings, registry: ModelRegistry, encoder: PromptEncoder) -> Engine:
-        queue = RequestQueue(settings.max_queue)
+    def build(
+        cls, settings: Settings, registry: ModelRegistry, encoder: PromptEncoder, metrics: Metrics | None = None
+    ) -> Engine:
+        metrics = metrics or Metrics()
+        queue = RequestQueue(settings.max_queue, on_depth=metrics.queued)
         workers = []
         for device in worker_devices(settings.device):
             cache = ModelCache(
@@ -63,6 +70,7 @@ class Engine:
                 precision=resolve_precision(settings.dtype, device),
                 capacity=settings.cache_size,
                 pinned=frozenset({registry.default}),
+                metrics=metrics,
             )
             workers.append(
                 DeviceWorker(
@@ -71,10 +79,11 @@ class Engine:
                     queue,
                     max_batch_size=settings.max_batch_size,
                     join_wait=settings.batch_join_wait,
+                    metrics=metrics,
                 )
             )
         limits = EngineLimits(settings.max_input_tokens, settings.max_new_tokens, settings.request_timeout)
-        return cls(registry, encoder, workers, queue, limits)
+        return cls(registry, encoder, workers, queue, limits, metrics)
 
     @property
     def ready(self) -> bool:
@@ -128,21 +137,60 @@ class Engine:
         logger.error("the default model could not be loaded: %s", reason)
 
     def check_accepting(self) -> None:
-        """Raise the error a new request would get now: shutting down, or not ready yet."""
+        """Raise the error a new request would get now: shutting down, not ready yet, or memory critical."""
         if self.state in ("draining", "stopped"):
+            self.metrics.request_rejected("shutting_down")
             raise ServiceError(ErrorCode.SHUTTING_DOWN, "the server is shutting down", retry_after=5)
         if self.state == "failed":
             raise ServiceError(ErrorCode.MODEL_NOT_READY, "the default model failed to load; see the server log")
         if not self.ready:
             raise ServiceError(ErrorCode.MODEL_NOT_READY, "the model is still loading; retry shortly", retry_after=5)
+        if self._memory_retry_after is not None:
+            self.metrics.request_rejected("memory")
+            raise ServiceError(
+                ErrorCode.OVERLOADED,
+                "device memory is critically full; new requests are refused until it falls back",
+                retry_after=self._memory_retry_after,
+            )
+
+    def refuse_for_memory(self, retry_after: int | None) -> None:
+        """The memory monitor's switch: refuse new work (answering Retry-After: `retry_after`), or None to accept."""
+        self._memory_retry_after = retry_after
 
     def admit(self, request: GenerationRequest) -> None:
         """Queue a request or refuse it at once."""
         self.check_accepting()
-        self.queue.put_nowait(request)
+        request.on_finish = self._finished
+        try:
+            self.queue.put_nowait(request)
+        except ServiceError as exc:
+            self.metrics.request_rejected("queue_full" if exc.code is ErrorCode.OVERLOADED else "shutting_down")
+            raise
+
+    def _finished(self, request: GenerationRequest, outcome: Completion | Failure) -> None:
+        """Count a generation's end, and add it to the HTTP request it served (for the access line)."""
+        ref = request.model
+        if isinstance(outcome, Failure):
+            self.metrics.generation_failed(ref.base, ref.version, outcome.error.code)
+            return
+        record = request.record
+        self.metrics.generation_completed(
+            ref.base,
+            ref.version,
+            record.domain if record is not None else "internal",
+            outcome.prompt_tokens,
+            outcome.tokens_generated,
+            outcome.generation_time,
+        )
+        if record is not None:
+            record.note_generation(
+                outcome.prompt_tokens, outcome.tokens_generated, outcome.queue_time, outcome.generation_time
+            )
 
     def cancel(self, request: GenerationRequest) -> None:
         """The caller is gone: drop the request from the queue, or let its worker stop after this step."""
+        if not request.cancelled and not request.finished:
+            self.metrics.request_cancelled("disconnect")
         request.cancelled = True
         self.queue.remove(request)
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling.registry import ModelRef
+from inference_api.observability.context import RequestRecord, current_record
 
 FinishReason = Literal["stop", "length"]
 
@@ -67,8 +68,17 @@ class GenerationRequest:
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     cancelled: bool = False
+    # The HTTP request this generation serves (None outside one), for its access line and metrics.
+    record: RequestRecord | None = field(default_factory=current_record.get, repr=False)
+    on_finish: Callable[[GenerationRequest, Completion | Failure], None] | None = field(default=None, repr=False)
+    tokens_delivered: int = 0  # tokens the worker has handed over so far, for time-to-first/inter-token latency
+    last_token_at: float | None = None
     _events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue, repr=False)
     _finished: bool = False
+
+    def __post_init__(self) -> None:
+        if self.record is not None:
+            self.record.note_model(self.model.base, self.model.version)
 
     @property
     def finished(self) -> bool:
@@ -83,6 +93,8 @@ class GenerationRequest:
             return
         if isinstance(event, Completion | Failure):
             self._finished = True
+            if self.on_finish is not None:
+                self.on_finish(self, event)
         self._events.put_nowait(event)
 
     def fail(self, code: ErrorCode, message: str) -> None:

@@ -27,6 +27,7 @@ from inference_api.engine.types import Completion, Failure, GenerationRequest, T
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling.cache import LoadedModel, ModelCache
 from inference_api.modeling.registry import ModelRef
+from inference_api.observability.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,10 @@ class DeviceWorker:
         max_batch_size: int,
         join_wait: float = 0.0,
         switch_after: float = 2.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
+        self.metrics = metrics or Metrics()
         self.cache = cache
         self.max_batch_size = max_batch_size
         self.join_wait = join_wait
@@ -124,6 +127,10 @@ class DeviceWorker:
             self.stats.failed += 1
         self._batch = None
         self._solo = None
+        self._report_batch()
+
+    def _report_batch(self) -> None:
+        self.metrics.batch(self.name, self.batch_size + (1 if self._solo is not None else 0))
 
     def _joins_batch(self, request: GenerationRequest) -> bool:
         assert self._batch is not None
@@ -168,6 +175,7 @@ class DeviceWorker:
                 self.stats.failed += 1
             else:
                 request.started_at = now
+                self.metrics.generation_started(request.model.base, request.model.version, now - request.enqueued_at)
                 live.append(request)
         for request in [r for r in live if r.params.num_beams > 1]:
             await self._serve_beam(request)
@@ -193,6 +201,7 @@ class DeviceWorker:
             return
         self.stats.prefills += 1
         self._deliver(batch, sequences, deltas)
+        self._report_batch()
 
     async def _step(self) -> None:
         batch = self._batch
@@ -209,6 +218,7 @@ class DeviceWorker:
             self._deliver(batch, batch.sequences, deltas)
         if not batch.sequences:
             self._batch = None
+        self._report_batch()
 
     def _drop_abandoned(self, batch: DecodeBatch) -> None:
         now = time.monotonic()
@@ -225,7 +235,9 @@ class DeviceWorker:
 
     def _deliver(self, batch: DecodeBatch, sequences: list[Sequence], deltas: list[str]) -> None:
         finished = []
+        now = time.monotonic()
         for seq, delta in zip(list(sequences), deltas, strict=True):
+            self._note_tokens(seq.request, seq.tokens_generated, now)
             if delta:
                 seq.request.emit(TextDelta(delta))
             if seq.finish_reason is not None:
@@ -233,8 +245,22 @@ class DeviceWorker:
                 finished.append(seq)
         batch.remove(finished)
 
+    def _note_tokens(self, request: GenerationRequest, count: int, now: float) -> None:
+        """Time to first token (from entering the queue) and the gap per token after it."""
+        new = count - request.tokens_delivered
+        if new <= 0:
+            return
+        ref = request.model
+        if request.last_token_at is None:
+            self.metrics.first_token(ref.base, ref.version, now - request.enqueued_at)
+        else:
+            self.metrics.token_gap(ref.base, ref.version, (now - request.last_token_at) / new, new)
+        request.tokens_delivered = count
+        request.last_token_at = now
+
     async def _serve_beam(self, request: GenerationRequest) -> None:
         self._solo = request
+        self._report_batch()
         try:
             model = await self.load(request.model)
             text, tokens, reason = await self.call(beam_search, model, request)
@@ -243,6 +269,7 @@ class DeviceWorker:
             return
         finally:
             self._solo = None
+            self._report_batch()
         if request.cancelled:
             self.stats.cancelled += 1
         elif request.expired():
@@ -251,6 +278,7 @@ class DeviceWorker:
         else:
             if text:
                 request.emit(TextDelta(text))
+            self._note_tokens(request, tokens, time.monotonic())
             self._complete(request, text, reason, tokens)
 
     def _complete(self, request: GenerationRequest, text: str, reason: str, tokens: int) -> None:

@@ -55,8 +55,7 @@ async def status(_: CallerDep, engine: EngineDep, services: ServicesDep) -> Stat
         status=engine.state,
         timestamp=time.time(),
         uptime_seconds=round(time.time() - engine.started_at, 3),
-        # The Prometheus endpoint arrives with the observability issue; until then it is honestly absent.
-        prometheus_available=False,
+        prometheus_available=services.settings.prometheus_enabled,
         cached_models=len(loaded),
         device=", ".join(w["device"] for w in snapshot["workers"]),
         cached_model_info=info,

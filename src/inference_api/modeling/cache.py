@@ -20,6 +20,7 @@ import torch
 
 from inference_api.modeling.loader import LoadedBase, Precision, load_base
 from inference_api.modeling.registry import BASE_VERSION, BaseModelSpec, ModelRef, ModelRegistry
+from inference_api.observability.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ class ModelCache:
         capacity: int,
         pinned: frozenset[ModelRef] = frozenset(),
         loader: BaseLoader = load_base,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self._registry = registry
         self._data_dir = data_dir
         self.device = device
@@ -82,10 +85,16 @@ class ModelCache:
             if entry is not None:
                 self._entries.move_to_end(ref)
                 self.stats.hits[ref] += 1
+                self.metrics.cache_hit(ref.base, ref.version)
                 return entry
             self.stats.misses[ref] += 1
+        self.metrics.cache_miss(ref.base, ref.version)
         spec = self._registry.resolve(ref)
-        entry = self._load(spec, ref)
+        try:
+            entry = self._load(spec, ref)
+        except Exception:
+            self.metrics.model_load_failed(ref.base, ref.version)
+            raise
         with self._lock:
             self._entries[ref] = entry
             victims = []
@@ -143,10 +152,13 @@ class ModelCache:
                         self._bases.pop(spec.name, None)
                 raise
         self.stats.load_seconds[ref] = time.perf_counter() - started
+        memory = base.memory_bytes if adapter is None else adapter_bytes(base, adapter)
+        self.metrics.model_loaded(ref.base, ref.version, self.stats.load_seconds[ref], memory)
         return LoadedModel(ref, base, adapter)
 
     def _release(self, entry: LoadedModel) -> None:
         self.stats.evictions += 1
+        self.metrics.model_unloaded(entry.ref.base, entry.ref.version)
         logger.info("evicting %s from the model cache", entry.ref)
         if entry.adapter is not None:
             entry.base.remove_adapter(entry.adapter)
@@ -159,3 +171,9 @@ class ModelCache:
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+
+def adapter_bytes(base: LoadedBase, adapter: str) -> int:
+    """Memory of one adapter's own weights (peft names them `...lora_A.<adapter>.weight`)."""
+    marker = f".{adapter}."
+    return sum(p.numel() * p.element_size() for name, p in base.model.named_parameters() if marker in name)
