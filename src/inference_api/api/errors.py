@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import re
+import site
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,10 +29,34 @@ _STATUS_CODES = {
 
 
 def error_body(error: ServiceError, request_id: str | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"code": error.code.value, "message": error.message, "request_id": request_id}
+    body: dict[str, Any] = {"code": error.code.value, "message": scrub(error.message), "request_id": request_id}
     if error.details:
-        body["details"] = error.details
+        body["details"] = [{k: scrub(v) for k, v in detail.items()} for detail in error.details]
     return {"error": body}
+
+
+@functools.cache
+def _internal_paths() -> re.Pattern[str]:
+    """Where this process's files live: the interpreter, its packages, the source, home, temp and working dirs."""
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(__file__).resolve().parents[2])}
+    roots |= {str(Path.home()), tempfile.gettempdir(), os.getcwd(), *site.getsitepackages()}
+    roots = {r.rstrip("/") for r in roots if len(Path(r).parts) >= 2}
+    alternation = "|".join(re.escape(r) for r in sorted(roots, key=len, reverse=True))
+    return re.compile(rf"(?:{alternation})(?![\w.-])(?:/[^\s'\":,;)]*)?")
+
+
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\).*", re.DOTALL)
+_MAX_MESSAGE = 1000
+
+
+def scrub(message: str) -> str:
+    """The last check on text bound for a client: no traceback, no path into this machine, no wall of text.
+
+    Messages are written to be safe; this catches a library's words (a parser's reason, say) that were not.
+    """
+    message = _TRACEBACK.sub("(details in the server log)", message)
+    message = _internal_paths().sub("<path>", message)
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
 
 
 def error_headers(error: ServiceError) -> dict[str, str]:
