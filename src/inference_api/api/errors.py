@@ -103,6 +103,9 @@ def install_error_handlers(app: FastAPI) -> None:
             ErrorCode.NOT_FOUND: f"no route {request.url.path}",
             ErrorCode.METHOD_NOT_ALLOWED: f"{request.method} is not allowed on {request.url.path}",
         }.get(code, str(exc.detail))
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's words for a body json.loads could not even decode (bytes that are not UTF-8, say).
+            message = "body: malformed JSON: not valid UTF-8 text"
         response = error_response(ServiceError(code, message), request_id_of(request))
         if exc.headers:
             response.headers.update(exc.headers)
