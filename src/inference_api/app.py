@@ -8,10 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from inference_api import __version__
+from inference_api.api.body_limit import BodyLimitMiddleware, json_body_limit
 from inference_api.api.errors import install_error_handlers
 from inference_api.api.request_context import RequestContextMiddleware
+from inference_api.api.security_headers import install_browser_policy
 from inference_api.chat.api_router import router as chat_router
 from inference_api.documents.api_router import router as documents_router
+from inference_api.documents.api_router import upload_body_limit
 from inference_api.health.api_router import router as health_router
 from inference_api.inference.api_router import router as inference_router
 from inference_api.models.api_router import router as models_router
@@ -20,6 +23,7 @@ from inference_api.observability.api_router import router as observability_route
 from inference_api.observability.http import ObservabilityMiddleware
 from inference_api.observability.metrics import Metrics
 from inference_api.openai_api.api_router import router as openai_router
+from inference_api.redaction import log_redaction
 from inference_api.services import build_services
 from inference_api.settings import Settings, load_settings
 
@@ -51,15 +55,20 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
         title="inference-api",
         version=__version__,
         description="Serves large language models: inference, model management, health.",
-        lifespan=lifespan,
+        lifespan=log_redaction(settings, lifespan),
     )
+    # Innermost first: body caps inside the request id, the HTTP metrics outside it (they see the 500
+    # envelope), CORS and the security headers outermost.
+    uploads = {"/upload": upload_body_limit(settings)}
+    app.add_middleware(BodyLimitMiddleware, default=json_body_limit(settings), by_path=uploads)
     app.add_middleware(RequestContextMiddleware)
     # Scrapes are not requests anyone made of the service: they stay out of its own figures.
     scrapes = frozenset({settings.metrics_path} if settings.prometheus_enabled else ())
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, skip_paths=scrapes)
+    install_browser_policy(app, settings)
     install_error_handlers(app)
-    routers = [health_router, inference_router, models_router, chat_router, documents_router, observability_router]
-    routers.append(openai_router)
+    routers = [health_router, inference_router, models_router, chat_router, documents_router]
+    routers += [observability_router, openai_router]
     if settings.prometheus_enabled:
         routers.append(metrics_router(settings.metrics_path))
     for router in routers:

@@ -33,7 +33,8 @@ class JsonFormatter(logging.Formatter):
             entry.update(access)
         if record.exc_info:
             entry["error_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
-            entry["traceback"] = self.formatException(record.exc_info)
+            # exc_text first: the redaction filter leaves the cleaned traceback there.
+            entry["traceback"] = record.exc_text or self.formatException(record.exc_info)
         elif record.exc_text:
             entry["traceback"] = record.exc_text
         if record.stack_info:

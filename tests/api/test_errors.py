@@ -134,3 +134,14 @@ async def test_internal_error_carries_the_client_request_id(crashing_client: htt
 async def test_app_keeps_serving_after_a_crash(crashing_client: httpx.AsyncClient) -> None:
     assert (await crashing_client.get("/boom")).status_code == 500
     assert (await crashing_client.get("/health")).status_code == 200
+
+
+async def test_body_that_is_not_utf8_is_a_named_validation_error(client: httpx.AsyncClient) -> None:
+    # Found by the fuzz pass: FastAPI's bare "There was an error parsing the body" said nothing useful.
+    response = await client.post(
+        "/models/tiny/load",
+        content=b'{"version": "\xff\xfe"}',
+        headers={**auth(ADMIN_KEY), "content-type": "application/json"},
+    )
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    assert "UTF-8" in str(error["message"])

@@ -3,7 +3,14 @@ and on the OpenAI-compatible routes (`/v1/...`) OpenAI's `{"error": {"message", 
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import re
+import site
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,10 +33,34 @@ _STATUS_CODES = {
 def error_body(error: ServiceError, request_id: str | None) -> dict[str, Any]:
     """The envelope; every one built is counted here, for /stats/errors and error_responses_total."""
     note_error(error.code)
-    body: dict[str, Any] = {"code": error.code.value, "message": error.message, "request_id": request_id}
+    body: dict[str, Any] = {"code": error.code.value, "message": scrub(error.message), "request_id": request_id}
     if error.details:
-        body["details"] = error.details
+        body["details"] = [{k: scrub(v) for k, v in detail.items()} for detail in error.details]
     return {"error": body}
+
+
+@functools.cache
+def _internal_paths() -> re.Pattern[str]:
+    """Where this process's files live: the interpreter, its packages, the source, home, temp and working dirs."""
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(__file__).resolve().parents[2])}
+    roots |= {str(Path.home()), tempfile.gettempdir(), os.getcwd(), *site.getsitepackages()}
+    roots = {r.rstrip("/") for r in roots if len(Path(r).parts) >= 2}
+    alternation = "|".join(re.escape(r) for r in sorted(roots, key=len, reverse=True))
+    return re.compile(rf"(?:{alternation})(?![\w.-])(?:/[^\s'\":,;)]*)?")
+
+
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\).*", re.DOTALL)
+_MAX_MESSAGE = 1000
+
+
+def scrub(message: str) -> str:
+    """The last check on text bound for a client: no traceback, no path into this machine, no wall of text.
+
+    Messages are written to be safe; this catches a library's words (a parser's reason, say) that were not.
+    """
+    message = _TRACEBACK.sub("(details in the server log)", message)
+    message = _internal_paths().sub("<path>", message)
+    return message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
 
 
 # OpenAI's own codes where it has one; otherwise the product's code in lower case.
@@ -60,7 +91,7 @@ def openai_error_body(error: ServiceError) -> dict[str, Any]:
     )
     param = error.details[0].get("field") if error.details else _OPENAI_PARAMS.get(error.code)
     code = _OPENAI_CODES.get(error.code, error.code.value.lower())
-    return {"error": {"message": error.message, "type": kind, "param": param, "code": code}}
+    return {"error": {"message": scrub(error.message), "type": kind, "param": param, "code": code}}
 
 
 def error_content(error: ServiceError, request_id: str | None, path: str) -> tuple[int, dict[str, Any]]:
@@ -113,6 +144,9 @@ def install_error_handlers(app: FastAPI) -> None:
             ErrorCode.NOT_FOUND: f"no route {request.url.path}",
             ErrorCode.METHOD_NOT_ALLOWED: f"{request.method} is not allowed on {request.url.path}",
         }.get(code, str(exc.detail))
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's words for a body json.loads could not even decode (bytes that are not UTF-8, say).
+            message = "body: malformed JSON: not valid UTF-8 text"
         response = error_response(ServiceError(code, message), request_id_of(request), request.url.path)
         if exc.headers:
             response.headers.update(exc.headers)

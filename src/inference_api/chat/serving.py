@@ -20,7 +20,7 @@ from inference_api.engine.types import Completion, GenerationRequest, SamplingPa
 from inference_api.errors import ServiceError
 from inference_api.grounding import NOTHING_FOUND, Grounding, grounded_system_prompt, sources_of
 from inference_api.inference.protocol import Source
-from inference_api.inference.serving import check_max_new_tokens, check_token_budget, sse
+from inference_api.inference.serving import check_max_new_tokens, check_token_budget, default_within_limit, sse
 from inference_api.modeling.prompt import EncodedPrompt
 from inference_api.modeling.prompt import Message as TemplateMessage
 from inference_api.modeling.registry import BASE_VERSION, ModelRef
@@ -107,6 +107,7 @@ class ChatService:
             yield sse(error_body(exc, request_id), event="error")
 
     def _check(self, body: SendRequest) -> None:
+        default_within_limit(body, self._engine.limits.max_new_tokens)
         check_max_new_tokens(body.max_new_tokens, self._engine.limits.max_new_tokens)
         self._engine.check_accepting()
 

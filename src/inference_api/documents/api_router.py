@@ -9,6 +9,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.types import Message
 
+from inference_api.api.body_limit import BodyLimit
 from inference_api.api.deps import DocumentsDep, SettingsDep
 from inference_api.auth.deps import DocumentsCallerDep
 from inference_api.documents.protocol import (
@@ -23,6 +24,7 @@ from inference_api.documents.protocol import (
 from inference_api.documents.service import check_declared_size, payload_too_large, read_limited
 from inference_api.documents.types import DocumentInfo
 from inference_api.errors import ServiceError
+from inference_api.settings import Settings
 
 router = APIRouter(tags=["documents"])
 
@@ -42,6 +44,12 @@ _UPLOAD_SCHEMA = {
         },
     }
 }
+
+
+def upload_body_limit(settings: Settings) -> BodyLimit:
+    """The cap of the app's body-size middleware on /upload: the file's cap plus its multipart envelope."""
+    cap = int(settings.max_upload_mb * 1024 * 1024)
+    return BodyLimit(cap + _ENVELOPE_BYTES, payload_too_large(cap).message)
 
 
 def capped(request: Request, limit: int) -> Request:

@@ -73,7 +73,7 @@ class ChromaStore:
         if url:
             parts = urllib.parse.urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"CHROMA_URL must be an http(s) URL with a host, not {url!r}")
+                raise ValueError("CHROMA_URL must be an http(s) URL with a host")
             https = parts.scheme == "https"
             client = chromadb.HttpClient(
                 host=parts.hostname, port=parts.port or (443 if https else 8000), ssl=https, settings=settings

@@ -15,6 +15,8 @@ from inference_api.auth.deps import CallerDep
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.health.protocol import CachedModelInfo, Health, Readiness, Status
 from inference_api.modeling.registry import ModelRef
+from inference_api.redaction import redact_url
+from inference_api.settings import Settings
 
 router = APIRouter(tags=["health"])
 
@@ -64,7 +66,18 @@ async def status(_: CallerDep, engine: EngineDep, services: ServicesDep) -> Stat
         memory=memory_report(),
         maintenance=services.maintenance.report(),
         sessions=await services.sessions.count(),
+        backends=backends(services.settings),
     )
+
+
+def backends(settings: Settings) -> dict[str, str | None]:
+    """The stores in use, their URLs with any password masked: /status is readable by every key."""
+    return {
+        "sessions": "redis" if settings.redis_url else "sqlite",
+        "redis_url": redact_url(settings.redis_url),
+        "vectors": "chroma-server" if settings.chroma_url else "chroma-local",
+        "chroma_url": redact_url(settings.chroma_url),
+    }
 
 
 def memory_report() -> dict[str, Any]:

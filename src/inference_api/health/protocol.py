@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class Health(BaseModel):
@@ -39,3 +39,4 @@ class Status(BaseModel):
     memory: dict[str, Any]
     maintenance: list[dict[str, Any]]
     sessions: int
+    backends: dict[str, str | None] = Field(description="Where sessions and vectors live; URL credentials as ***.")

@@ -14,7 +14,7 @@ from inference_api.engine.service import Engine
 from inference_api.engine.types import Completion, GenerationRequest, SamplingParams, TextDelta
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.grounding import NOTHING_FOUND, Grounding, grounded_system_prompt, sources_of
-from inference_api.inference.protocol import InferMetadata, InferRequest, InferResponse, Source
+from inference_api.inference.protocol import InferMetadata, InferRequest, InferResponse, SamplingFields, Source
 from inference_api.modeling.prompt import EncodedPrompt, Message
 from inference_api.modeling.registry import ModelRef
 
@@ -34,6 +34,13 @@ def check_token_budget(encoded: EncodedPrompt, max_new_tokens: int, max_input_to
             f"the prompt has {prompt} tokens and max_new_tokens is {max_new_tokens}: {total} tokens, over "
             f"the model's context of {encoded.context_length}",
         )
+
+
+def default_within_limit(body: SamplingFields, limit: int) -> None:
+    """A max_new_tokens the client did not send defaults to at most MAX_NEW_TOKENS: a server configured below the
+    default of 128 must not refuse requests that never asked for more (a chat start cannot even send the field)."""
+    if "max_new_tokens" not in body.model_fields_set:
+        body.max_new_tokens = min(body.max_new_tokens, limit)
 
 
 def check_max_new_tokens(value: int, limit: int, field: str = "max_new_tokens") -> None:
@@ -122,6 +129,7 @@ class InferenceService:
             raise ServiceError.invalid(
                 "use_documents", "cannot be combined with raw: sources go into the chat template"
             )
+        default_within_limit(body, self._engine.limits.max_new_tokens)
         ref = self._engine.registry.ref(body.base_model, body.adapter_version)
         self.check(ref, body.max_new_tokens)
         if body.raw:
