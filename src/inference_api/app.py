@@ -5,16 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from inference_api import __version__
 from inference_api.api.errors import install_error_handlers
 from inference_api.api.request_context import RequestContextMiddleware
+from inference_api.auth.api_router import router as auth_router
 from inference_api.chat.api_router import router as chat_router
 from inference_api.documents.api_router import router as documents_router
 from inference_api.health.api_router import router as health_router
 from inference_api.inference.api_router import router as inference_router
 from inference_api.models.api_router import router as models_router
+from inference_api.quotas.api_router import router as usage_router
+from inference_api.ratelimit.deps import RateLimitHeadersMiddleware, enforce_rate_limit
 from inference_api.services import build_services
 from inference_api.settings import Settings, load_settings
 
@@ -35,6 +38,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
             await services.maintenance.stop()
             await services.engine.stop(drain_timeout=settings.drain_timeout)
             await services.sessions.close()
+            await services.quotas.close()
             services.documents.close()
 
     app = FastAPI(
@@ -42,9 +46,13 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
         version=__version__,
         description="Serves large language models: inference, model management, health.",
         lifespan=lifespan,
+        # Every route, including those added later, counts against its caller's rate limits.
+        dependencies=[Depends(enforce_rate_limit)],
     )
+    app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware)
     install_error_handlers(app)
-    for router in (health_router, inference_router, models_router, chat_router, documents_router):
+    routers = (health_router, inference_router, models_router, chat_router, documents_router, auth_router, usage_router)
+    for router in routers:
         app.include_router(router)
     return app

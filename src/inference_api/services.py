@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from inference_api.auth.keys import ApiKeyStore, build_key_store
+from inference_api.auth.service import Authenticator
+from inference_api.auth.tokens import build_token_service
 from inference_api.chat.store import SessionStore, open_session_store
 from inference_api.documents.service import DocumentService
 from inference_api.documents.types import SearchHit
@@ -19,6 +21,8 @@ from inference_api.modeling.conversion import is_prepared
 from inference_api.modeling.loader import resolve_precision, worker_devices
 from inference_api.modeling.prompt import PromptEncoder
 from inference_api.modeling.registry import ModelRef, ModelRegistry
+from inference_api.quotas.service import TokenQuotas
+from inference_api.ratelimit.service import RateLimiter
 from inference_api.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -69,6 +73,9 @@ class Services:
     documents: LazyDocuments
     grounding: Grounding
     maintenance: Maintenance
+    auth: Authenticator
+    rate_limits: RateLimiter
+    quotas: TokenQuotas
 
 
 def check_configuration(settings: Settings) -> tuple[ApiKeyStore, ModelRegistry]:
@@ -97,6 +104,7 @@ def check_configuration(settings: Settings) -> tuple[ApiKeyStore, ModelRegistry]
 
 async def build_services(settings: Settings) -> Services:
     keys, registry = check_configuration(settings)
+    auth = Authenticator(keys, build_token_service(settings, keys))
     encoder = PromptEncoder(registry, settings.data_dir)
     engine = Engine.build(settings, registry, encoder)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +113,8 @@ async def build_services(settings: Settings) -> Services:
     grounding = Grounding(documents, k=settings.rag_top_k, min_score=settings.rag_min_score)
     maintenance = Maintenance()
     schedule_jobs(maintenance, settings, sessions, documents)
+    quotas = TokenQuotas.build(settings, keys)
+    engine.budget = quotas
     return Services(
         settings=settings,
         keys=keys,
@@ -115,6 +125,9 @@ async def build_services(settings: Settings) -> Services:
         documents=documents,
         grounding=grounding,
         maintenance=maintenance,
+        auth=auth,
+        rate_limits=RateLimiter(settings, keys),
+        quotas=quotas,
     )
 
 

@@ -80,7 +80,8 @@ class InferenceService:
         if body.raw:
             encoded = await asyncio.to_thread(engine.encoder.encode_raw, ref.base, body.prompt)
             check_token_budget(encoded, body.max_new_tokens, engine.limits.max_input_tokens)
-            return Prepared(ref, GenerationRequest(ref, encoded.ids, body.sampling(), deadline=deadline))
+            request = GenerationRequest(ref, encoded.ids, body.sampling(), deadline=deadline, owner=owner)
+            return Prepared(ref, request)
         messages: list[Message] = [{"role": "user", "content": body.prompt}]
         sources = None
         if body.use_documents:
@@ -90,11 +91,13 @@ class InferenceService:
                 return Prepared(ref, None, sources)
             messages.insert(0, {"role": "system", "content": grounded_system_prompt(hits)})
         encoded = await encode_within_budget(engine, ref, messages, body.max_new_tokens)
-        return Prepared(ref, GenerationRequest(ref, encoded.ids, body.sampling(), deadline=deadline), sources)
+        request = GenerationRequest(ref, encoded.ids, body.sampling(), deadline=deadline, owner=owner)
+        return Prepared(ref, request, sources)
 
-    def admit(self, prepared: Prepared) -> None:
+    async def submit(self, prepared: Prepared) -> None:
+        """Queue the request, its owner's token budget reserved (refused at once when over it)."""
         if prepared.request is not None:
-            self._engine.admit(prepared.request)
+            await self._engine.submit(prepared.request)
 
     async def infer(self, body: InferRequest, owner: str, arrived: float) -> InferResponse:
         prepared = await self.prepare(body, owner, arrived)
