@@ -10,6 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -155,6 +156,19 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60) as http,
     ):
         await wait_ready(http)
+        yield http
+
+
+@asynccontextmanager
+async def serving(settings: Settings, *, ready: bool = False) -> AsyncIterator[httpx.AsyncClient]:
+    """A client on an app of its own (several may run at once, as replicas); `ready` waits for the model."""
+    app = create_app(settings, warm_up=ready)
+    async with (
+        LifespanManager(app, startup_timeout=120, shutdown_timeout=30),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60) as http,
+    ):
+        if ready:
+            await wait_ready(http)
         yield http
 
 

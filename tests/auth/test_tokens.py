@@ -7,37 +7,21 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 
-from inference_api.app import create_app
 from inference_api.auth.keys import ApiKeyStore
 from inference_api.auth.tokens import build_token_service
-from inference_api.settings import ApiKeyConfig, Settings, SettingsError
-from tests.conftest import DOCS_KEY, TEST_KEYS, USER_KEY, assert_error, auth, make_settings, wait_ready
+from inference_api.settings import ApiKeyConfig, SettingsError
+from tests.conftest import DOCS_KEY, TEST_KEYS, USER_KEY, assert_error, auth, make_settings, serving
 
 SECRET = "test-jwt-secret-0123456789abcdefghijklmnop"
-
-
-@asynccontextmanager
-async def serving(settings: Settings, *, ready: bool = False) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, warm_up=ready)
-    async with (
-        LifespanManager(app, startup_timeout=120, shutdown_timeout=30),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60) as http,
-    ):
-        if ready:
-            await wait_ready(http)
-        yield http
 
 
 def bearer(token: str) -> dict[str, str]:
