@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import AsyncIterator
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import yaml
 from asgi_lifespan import LifespanManager
 
@@ -120,6 +126,9 @@ def make_settings(data_dir: Path, registry_file: Path, **overrides: object) -> S
         "max_input_tokens": 200,
         "request_timeout": 30.0,
         "drain_timeout": 5.0,
+        # Tests share one key across many requests; the rate-limit tests set their own limits.
+        "rate_limit": "100000/minute",
+        "rate_limit_generation": "100000/minute",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
@@ -153,6 +162,19 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+@asynccontextmanager
+async def serving(settings: Settings, *, ready: bool = False) -> AsyncIterator[httpx.AsyncClient]:
+    """A client on an app of its own (several may run at once, as replicas); `ready` waits for the model."""
+    app = create_app(settings, warm_up=ready)
+    async with (
+        LifespanManager(app, startup_timeout=120, shutdown_timeout=30),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60) as http,
+    ):
+        if ready:
+            await wait_ready(http)
+        yield http
+
+
 def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, object]:
     """The response is the product's error envelope with this status and code, and carries its request id."""
     assert response.status_code == status, response.text
@@ -168,3 +190,86 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
 
 def auth(key: str = USER_KEY) -> dict[str, str]:
     return {"X-API-Key": key}
+
+
+class RedisServer:
+    """A redis-server process on a free local port, with its files in `folder`."""
+
+    def __init__(self, folder: Path, *, persistent: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            # Fail, never skip: a missing server must not pass as a green Redis backend.
+            pytest.fail(
+                "redis-server is not installed; the Redis session store tests need it (apt-get install redis-server)"
+            )
+        self.binary = binary
+        self.folder = folder
+        self.persistent = persistent
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(5):  # another process may take the port between choosing and binding it
+            self.port = _free_port()
+            persistence = (
+                ["--save", "", "--appendonly", "yes"] if self.persistent else ["--save", "", "--appendonly", "no"]
+            )
+            log = (self.folder / "redis.log").open("ab")
+            self.process = subprocess.Popen(
+                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), *persistence],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            log.close()
+            if self._wait_ready():
+                return
+            self.stop()
+        raise RuntimeError(f"redis-server did not start; see {self.folder / 'redis.log'}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()  # SIGTERM: redis-server flushes the append-only file and exits
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def _wait_ready(self) -> bool:
+        assert self.process is not None
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    return False
+                try:
+                    if client.ping():
+                        return True
+                except redis.ConnectionError:
+                    time.sleep(0.02)
+            return False
+        finally:
+            client.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One server for the whole run; each test keeps to its own key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

@@ -20,7 +20,7 @@ from tests.conftest import ADMIN_KEY, TEST_KEYS, USER_KEY, auth, make_settings
 
 REDIS_PASSWORD = "s3cret-redis-pass"
 HASHED_ONLY_KEY = "sk-hashed-only-key-0123456789"
-JWT_SECRET = "jwt-signing-secret-value-42"
+JWT_SECRET = "jwt-signing-secret-value-42-0123456789"
 
 
 @pytest.mark.parametrize(

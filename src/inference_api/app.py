@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from inference_api import __version__
 from inference_api.api.body_limit import BodyLimitMiddleware, json_body_limit
 from inference_api.api.errors import install_error_handlers
 from inference_api.api.request_context import RequestContextMiddleware
 from inference_api.api.security_headers import install_browser_policy
+from inference_api.auth.api_router import router as auth_router
 from inference_api.chat.api_router import router as chat_router
 from inference_api.documents.api_router import router as documents_router
 from inference_api.documents.api_router import upload_body_limit
@@ -23,6 +24,8 @@ from inference_api.observability.api_router import router as observability_route
 from inference_api.observability.http import ObservabilityMiddleware
 from inference_api.observability.metrics import Metrics
 from inference_api.openai_api.api_router import router as openai_router
+from inference_api.quotas.api_router import router as usage_router
+from inference_api.ratelimit.deps import RateLimitHeadersMiddleware, enforce_rate_limit
 from inference_api.redaction import log_redaction
 from inference_api.services import build_services
 from inference_api.settings import Settings, load_settings
@@ -48,6 +51,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
             await services.maintenance.stop()
             await services.engine.stop(drain_timeout=settings.drain_timeout)
             await services.sessions.close()
+            await services.quotas.close()
             services.documents.close()
             metrics.close()
 
@@ -56,19 +60,22 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
         version=__version__,
         description="Serves large language models: inference, model management, health.",
         lifespan=log_redaction(settings, lifespan),
+        # Every route, including those added later, counts against its caller's rate limits.
+        dependencies=[Depends(enforce_rate_limit)],
     )
     # Innermost first: body caps inside the request id, the HTTP metrics outside it (they see the 500
-    # envelope), CORS and the security headers outermost.
+    # envelope), the rate-limit headers on every answer, CORS and the security headers outermost.
     uploads = {"/upload": upload_body_limit(settings)}
     app.add_middleware(BodyLimitMiddleware, default=json_body_limit(settings), by_path=uploads)
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RateLimitHeadersMiddleware)
     # Scrapes are not requests anyone made of the service: they stay out of its own figures.
     scrapes = frozenset({settings.metrics_path} if settings.prometheus_enabled else ())
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, skip_paths=scrapes)
     install_browser_policy(app, settings)
     install_error_handlers(app)
     routers = [health_router, inference_router, models_router, chat_router, documents_router]
-    routers += [observability_router, openai_router]
+    routers += [auth_router, usage_router, observability_router, openai_router]
     if settings.prometheus_enabled:
         routers.append(metrics_router(settings.metrics_path))
     for router in routers:

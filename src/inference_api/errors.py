@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     OUT_OF_MEMORY = "OUT_OF_MEMORY"
     TIMEOUT = "TIMEOUT"
     CANCELLED = "CANCELLED"
+    NOT_CONFIGURED = "NOT_CONFIGURED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -54,6 +55,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.TIMEOUT: 504,
     # 499 is the de-facto "client closed request"; the client is gone, so it is only ever logged.
     ErrorCode.CANCELLED: 499,
+    # A feature this server was not set up for (POST /auth/token without a JWT secret or key pair).
+    ErrorCode.NOT_CONFIGURED: 501,
     ErrorCode.INTERNAL_ERROR: 500,
 }
 

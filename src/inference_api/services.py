@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from inference_api.auth.keys import ApiKeyStore, build_key_store
+from inference_api.auth.service import Authenticator
+from inference_api.auth.tokens import build_token_service
 from inference_api.chat.store import SessionStore, open_session_store
 from inference_api.documents.service import DocumentService
 from inference_api.documents.types import SearchHit
@@ -21,6 +23,8 @@ from inference_api.modeling.prompt import PromptEncoder
 from inference_api.modeling.registry import ModelRef, ModelRegistry
 from inference_api.observability.memory import MemoryMonitor, read_device_memory, retry_after
 from inference_api.observability.metrics import Metrics
+from inference_api.quotas.service import TokenQuotas
+from inference_api.ratelimit.service import RateLimiter
 from inference_api.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -73,6 +77,9 @@ class Services:
     maintenance: Maintenance
     metrics: Metrics
     memory: MemoryMonitor
+    auth: Authenticator
+    rate_limits: RateLimiter
+    quotas: TokenQuotas
 
 
 def check_configuration(settings: Settings) -> tuple[ApiKeyStore, ModelRegistry]:
@@ -104,6 +111,7 @@ async def build_services(settings: Settings, metrics: Metrics | None = None) -> 
     metrics = metrics or Metrics(
         default_model=(registry.default.base, registry.default.version), queue_capacity=settings.max_queue
     )
+    auth = Authenticator(keys, build_token_service(settings, keys))
     encoder = PromptEncoder(registry, settings.data_dir)
     engine = Engine.build(settings, registry, encoder, metrics)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -113,6 +121,12 @@ async def build_services(settings: Settings, metrics: Metrics | None = None) -> 
     maintenance = Maintenance()
     schedule_jobs(maintenance, settings, sessions, documents)
     memory = watch_memory(maintenance, settings, engine, metrics)
+    quotas = TokenQuotas.build(settings, keys)
+    engine.budget = quotas
+    quotas.on_reject.append(metrics.quota_exceeded)
+    quotas.on_settle.append(metrics.key_charged)
+    rate_limits = RateLimiter(settings, keys)
+    rate_limits.on_reject.append(metrics.rate_limited)
     return Services(
         settings=settings,
         keys=keys,
@@ -125,6 +139,9 @@ async def build_services(settings: Settings, metrics: Metrics | None = None) -> 
         maintenance=maintenance,
         metrics=metrics,
         memory=memory,
+        auth=auth,
+        rate_limits=rate_limits,
+        quotas=quotas,
     )
 
 

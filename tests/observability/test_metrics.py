@@ -122,12 +122,18 @@ async def test_a_full_queue_is_counted_as_rejected(running: Running) -> None:
 
 def test_rejections_for_rate_limits_and_quotas_have_plain_methods() -> None:
     metrics = Metrics()
-    metrics.rate_limited()
-    metrics.quota_exceeded()
-    metrics.quota_exceeded()
+    metrics.rate_limited("key:alice")
+    metrics.rate_limited("addr:10.0.0.7")
+    metrics.quota_exceeded("alice")
+    metrics.quota_exceeded("alice")
+    metrics.key_charged("alice", 12)
     found = Scrape(metrics.exposition().decode())
-    assert found.value("requests_rejected_total", reason="rate_limited") == 1
+    assert found.value("requests_rejected_total", reason="rate_limited") == 2
     assert found.value("requests_rejected_total", reason="quota") == 2
+    assert found.value("key_requests_rejected_total", key="alice", reason="rate_limited") == 1
+    assert found.value("key_requests_rejected_total", key="anonymous", reason="rate_limited") == 1
+    assert found.value("key_requests_rejected_total", key="alice", reason="quota") == 2
+    assert found.value("key_tokens_generated_total", key="alice") == 12
 
 
 _WRITER = textwrap.dedent(

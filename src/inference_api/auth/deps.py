@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -24,29 +25,46 @@ def presented_credential(request: Request, header: str) -> str | None:
     return None
 
 
-async def authenticate(request: Request, services: ServicesDep) -> Principal:
+@dataclass(frozen=True)
+class Identity:
+    """What the request's credential turned out to be: a principal, or the reason it is not one."""
+
+    principal: Principal | None
+    refusal: ServiceError | None
+
+
+async def identify(request: Request, services: ServicesDep) -> Identity:
+    """Checked once per request (FastAPI caches it): rate limits key on it, and so does `authenticate`."""
     header = services.settings.api_key_header
     credential = presented_credential(request, header)
     if credential is None:
-        raise ServiceError(
-            ErrorCode.UNAUTHORIZED, f"missing credentials: send the {header} header or Authorization: Bearer"
-        )
-    principal = services.keys.authenticate(credential)
-    if principal is None:
-        raise ServiceError(ErrorCode.UNAUTHORIZED, "invalid API key")
-    request.state.principal = principal
-    return principal
+        missing = f"missing credentials: send the {header} header or Authorization: Bearer"
+        return Identity(None, ServiceError(ErrorCode.UNAUTHORIZED, missing))
+    try:
+        return Identity(services.auth.authenticate(credential), None)
+    except ServiceError as exc:
+        return Identity(None, exc)
+
+
+async def authenticate(request: Request, identity: Annotated[Identity, Depends(identify)]) -> Principal:
+    if identity.principal is None:
+        assert identity.refusal is not None
+        raise identity.refusal
+    request.state.principal = identity.principal
+    return identity.principal
 
 
 def require_scope(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     async def guard(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
         if scope not in principal.scopes:
-            raise ServiceError(ErrorCode.FORBIDDEN, f"the key {principal.name!r} lacks the {scope!r} scope")
+            who = f"the {'token for' if principal.credential == 'jwt' else 'key'} {principal.name!r}"
+            raise ServiceError(ErrorCode.FORBIDDEN, f"{who} lacks the {scope!r} scope")
         return principal
 
     return guard
 
 
+IdentityDep = Annotated[Identity, Depends(identify)]
 CallerDep = Annotated[Principal, Depends(authenticate)]
 InferCallerDep = Annotated[Principal, Depends(require_scope("infer"))]
 AdminCallerDep = Annotated[Principal, Depends(require_scope("admin"))]

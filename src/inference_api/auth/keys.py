@@ -9,6 +9,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import TypeAdapter, ValidationError
@@ -26,6 +27,16 @@ class Principal:
 
     name: str
     scopes: frozenset[str]
+    credential: Literal["api_key", "jwt"] = "api_key"
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """A key's own limits; None: the service-wide default (RATE_LIMIT, TOKENS_PER_MINUTE, TOKENS_PER_DAY)."""
+
+    rate_limit: str | None = None
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
 
 
 class ApiKeyStore:
@@ -35,6 +46,8 @@ class ApiKeyStore:
         if duplicates:
             raise SettingsError(f"API_KEYS: duplicate key names {sorted(duplicates)}")
         self._entries = [(bytes.fromhex(k.digest()), Principal(k.name, frozenset(k.scopes))) for k in keys]
+        self._by_name = {principal.name: (digest, principal) for digest, principal in self._entries}
+        self._limits = {k.name: KeyLimits(k.rate_limit, k.tokens_per_minute, k.tokens_per_day) for k in keys}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -47,6 +60,13 @@ class ApiKeyStore:
             if hmac.compare_digest(digest, expected):
                 found = principal
         return found
+
+    def lookup(self, name: str) -> tuple[bytes, Principal] | None:
+        """The SHA-256 digest and principal of the key configured under `name` now, if any."""
+        return self._by_name.get(name)
+
+    def limits(self, name: str) -> KeyLimits:
+        return self._limits.get(name, KeyLimits())
 
 
 def load_key_file(path: Path) -> list[ApiKeyConfig]:

@@ -92,7 +92,7 @@ class ChatService:
                     reply = await self._store_reply(owner, turn, NOTHING_FOUND, None, arrived)
                     yield sse(reply.model_dump(mode="json", by_alias=True))
                     return
-                self._engine.admit(turn.request)
+                await self._engine.submit(turn.request)
                 try:
                     async for event in turn.request.events():
                         if isinstance(event, TextDelta):
@@ -135,16 +135,18 @@ class ChatService:
                     raise  # the new message alone does not fit: nothing to fold, and nothing is cut
             session, count = await self._fold(owner, session, ref, deadline)
             folded += count
-        request = GenerationRequest(ref, encoded.ids, body.sampling(), deadline=deadline)
+        request = GenerationRequest(ref, encoded.ids, body.sampling(), deadline=deadline, owner=owner)
         return Turn(session, user, request, sources_of(hits) if hits is not None else None, folded)
 
     async def _fold(self, owner: str, session: Session, ref: ModelRef, deadline: float) -> tuple[Session, int]:
         """Fold the older half of the kept messages (a whole turn at least) into the model's own summary."""
         count = min(len(session.messages), max(2, len(session.messages) // 2))
-        summary = await self._summarize(ref, session.summary, session.messages[:count], deadline)
+        summary = await self._summarize(owner, ref, session.summary, session.messages[:count], deadline)
         return await self._store.fold(owner, session.id, summary=summary, folded=count), count
 
-    async def _summarize(self, ref: ModelRef, earlier: str | None, messages: list[Message], deadline: float) -> str:
+    async def _summarize(
+        self, owner: str, ref: ModelRef, earlier: str | None, messages: list[Message], deadline: float
+    ) -> str:
         """Rolling summary; messages that do not fit one prompt are summarized a part at a time."""
         summary = earlier
         start = 0
@@ -161,7 +163,9 @@ class ChatService:
                         raise
                     end = start + (end - start) // 2
             params = SamplingParams(max_new_tokens=self._summary_max_tokens)
-            completion = await self._engine.generate(GenerationRequest(ref, encoded.ids, params, deadline=deadline))
+            # Summaries are generated for the owner's conversation, so they count against the owner's budget.
+            request = GenerationRequest(ref, encoded.ids, params, deadline=deadline, owner=owner)
+            completion = await self._engine.generate(request)
             # A model that writes nothing must not make the folded turns vanish: keep a short transcript.
             summary = completion.text.strip() or _transcript(summary, messages[start:end])
             start = end

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from inference_api.engine.queue import RequestQueue
-from inference_api.engine.types import Completion, Failure, GenerationRequest, SamplingParams
+from inference_api.engine.types import Completion, Failure, GenerationRequest, SamplingParams, TokenBudget
 from inference_api.engine.worker import DeviceWorker
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling.cache import ModelCache
@@ -50,6 +50,7 @@ class Engine:
         self.queue = queue
         self.limits = limits
         self.state: EngineState = "starting"
+        self.budget: TokenBudget | None = None  # token quotas, set by the composition root
         self.failure: str | None = None
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
@@ -158,7 +159,7 @@ class Engine:
         self._memory_retry_after = retry_after
 
     def admit(self, request: GenerationRequest) -> None:
-        """Queue a request or refuse it at once."""
+        """Queue a request or refuse it at once; no token budget is reserved (`submit` does that)."""
         self.check_accepting()
         request.on_finish = self._finished
         try:
@@ -187,15 +188,28 @@ class Engine:
                 outcome.prompt_tokens, outcome.tokens_generated, outcome.queue_time, outcome.generation_time
             )
 
+    async def submit(self, request: GenerationRequest) -> None:
+        """Reserve the owner's token budget, then queue the request; what it did not use is given back."""
+        self.check_accepting()  # a doomed request reserves nothing
+        if self.budget is not None and request.owner is not None:
+            await self.budget.reserve(request)
+        try:
+            self.admit(request)
+        except BaseException:
+            request.settle(0)
+            raise
+
     def cancel(self, request: GenerationRequest) -> None:
         """The caller is gone: drop the request from the queue, or let its worker stop after this step."""
         if not request.cancelled and not request.finished:
             self.metrics.request_cancelled("disconnect")
         request.cancelled = True
         self.queue.remove(request)
+        # A cancelled request gets no final event from its worker; its reservation is refunded now.
+        request.settle(0)
 
     async def generate(self, request: GenerationRequest) -> Completion:
-        self.admit(request)
+        await self.submit(request)
         try:
             return await request.result()
         except asyncio.CancelledError:

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling.registry import ModelRef
@@ -64,6 +64,7 @@ class GenerationRequest:
     prompt_ids: list[int]
     params: SamplingParams
     deadline: float | None = None  # time.monotonic() value
+    owner: str | None = None  # the API key's name, for its token budget; None: nobody's budget
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
@@ -75,6 +76,7 @@ class GenerationRequest:
     last_token_at: float | None = None
     _events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue, repr=False)
     _finished: bool = False
+    _on_settle: list[Callable[[int], None]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if self.record is not None:
@@ -96,6 +98,19 @@ class GenerationRequest:
             if self.on_finish is not None:
                 self.on_finish(self, event)
         self._events.put_nowait(event)
+        if isinstance(event, Completion):
+            self.settle(event.tokens_generated)
+        elif isinstance(event, Failure):
+            self.settle(0)
+
+    def on_settle(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(tokens_generated)` once when the request ends (0 when it failed or was cancelled)."""
+        self._on_settle.append(callback)
+
+    def settle(self, tokens_generated: int) -> None:
+        callbacks, self._on_settle = self._on_settle, []
+        for callback in callbacks:
+            callback(tokens_generated)
 
     def fail(self, code: ErrorCode, message: str) -> None:
         self.emit(Failure(ServiceError(code, message)))
@@ -115,3 +130,11 @@ class GenerationRequest:
             if isinstance(event, Completion):
                 return event
         raise AssertionError("event stream ended without a completion")
+
+
+class TokenBudget(Protocol):
+    """Who may spend generated tokens: reserves a request's `max_new_tokens` for its owner before it is
+    queued (raising RATE_LIMITED when over budget) and registers, through `on_settle`, what to do
+    with the tokens actually generated."""
+
+    async def reserve(self, request: GenerationRequest) -> None: ...

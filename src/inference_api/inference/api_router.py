@@ -39,7 +39,7 @@ async def infer(
         return await cancel_on_disconnect(request, service.infer(body, caller.name, arrived))
     # Admitted before the response starts, so a full queue is still an ordinary 503 with Retry-After.
     prepared = await service.prepare(body, caller.name, arrived)
-    service.admit(prepared)
+    await service.submit(prepared)
     return StreamingResponse(
         service.stream(prepared, arrived, request_id_of(request)),
         media_type="text/event-stream",

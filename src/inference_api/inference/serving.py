@@ -87,11 +87,11 @@ class InferenceService:
         engine.check_accepting()
 
     async def prepare_raw(
-        self, ref: ModelRef, prompt: str, params: SamplingParams, arrived: float, *, fit: bool = False
+        self, ref: ModelRef, prompt: str, params: SamplingParams, arrived: float, *, owner: str, fit: bool = False
     ) -> Prepared:
-        """The prompt as-is, without the chat template."""
+        """The prompt as-is, without the chat template; `owner` is the key whose token budget pays."""
         encoded = await asyncio.to_thread(self._engine.encoder.encode_raw, ref.base, prompt)
-        return Prepared(ref, self._request(ref, encoded, params, arrived, fit))
+        return Prepared(ref, self._request(ref, encoded, params, arrived, owner, fit))
 
     async def prepare_chat(
         self,
@@ -100,29 +100,30 @@ class InferenceService:
         params: SamplingParams,
         arrived: float,
         *,
-        documents_of: str | None = None,
+        owner: str,
+        use_documents: bool = False,
         fit: bool = False,
     ) -> Prepared:
-        """The conversation in the model's chat template, grounded on `documents_of`'s documents when given."""
+        """The conversation in the model's chat template, grounded on the owner's documents when asked."""
         sources = None
-        if documents_of is not None:
+        if use_documents:
             question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-            hits = await self._grounding.find(documents_of, question)
+            hits = await self._grounding.find(owner, question)
             sources = sources_of(hits)
             if not hits:
                 return Prepared(ref, None, sources)
             messages = _grounded(messages, hits)
         encoded = await asyncio.to_thread(self._engine.encoder.encode_chat, ref.base, messages)
-        return Prepared(ref, self._request(ref, encoded, params, arrived, fit), sources)
+        return Prepared(ref, self._request(ref, encoded, params, arrived, owner, fit), sources)
 
     def _request(
-        self, ref: ModelRef, encoded: EncodedPrompt, params: SamplingParams, arrived: float, fit: bool
+        self, ref: ModelRef, encoded: EncodedPrompt, params: SamplingParams, arrived: float, owner: str, fit: bool
     ) -> GenerationRequest:
         limits = self._engine.limits
         if fit:
             params = fit_to_context(params, encoded)
         check_token_budget(encoded, params.max_new_tokens, limits.max_input_tokens)
-        return GenerationRequest(ref, encoded.ids, params, deadline=arrived + limits.request_timeout)
+        return GenerationRequest(ref, encoded.ids, params, deadline=arrived + limits.request_timeout, owner=owner)
 
     async def prepare(self, body: InferRequest, owner: str, arrived: float) -> Prepared:
         if body.raw and body.use_documents:
@@ -133,15 +134,16 @@ class InferenceService:
         ref = self._engine.registry.ref(body.base_model, body.adapter_version)
         self.check(ref, body.max_new_tokens)
         if body.raw:
-            return await self.prepare_raw(ref, body.prompt, body.sampling(), arrived)
+            return await self.prepare_raw(ref, body.prompt, body.sampling(), arrived, owner=owner)
         messages: list[Message] = [{"role": "user", "content": body.prompt}]
         return await self.prepare_chat(
-            ref, messages, body.sampling(), arrived, documents_of=owner if body.use_documents else None
+            ref, messages, body.sampling(), arrived, owner=owner, use_documents=body.use_documents
         )
 
-    def admit(self, prepared: Prepared) -> None:
+    async def submit(self, prepared: Prepared) -> None:
+        """Queue the request, its owner's token budget reserved (refused at once when over it)."""
         if prepared.request is not None:
-            self._engine.admit(prepared.request)
+            await self._engine.submit(prepared.request)
 
     async def generate(self, request: GenerationRequest) -> Completion:
         return await self._engine.generate(request)

@@ -132,6 +132,16 @@ class Metrics:
         self.requests_cancelled = Counter(
             "requests_cancelled_total", "Generations stopped early, by reason", ["reason"], registry=r
         )
+        # Per API key (its configured name, never the key): what quotas count, for operators.
+        self.key_tokens = Counter(
+            "key_tokens_generated_total", "Generated tokens charged to each API key", ["key"], registry=r
+        )
+        self.key_rejections = Counter(
+            "key_requests_rejected_total",
+            "Requests refused by a rate limit or token quota, by API key",
+            ["key", "reason"],
+            registry=r,
+        )
         self.device_allocated = Gauge(
             "device_memory_allocated_bytes",
             "Memory in use (CPU: process RSS)",
@@ -213,11 +223,18 @@ class Metrics:
         """One request refused before any work: queue_full, shutting_down, memory, rate_limited or quota."""
         self.requests_rejected.labels(reason).inc()
 
-    def rate_limited(self) -> None:
+    def rate_limited(self, caller: str) -> None:
+        """`caller` is `key:<name>` or `addr:<client>`; addresses are one `anonymous` label (bounded values)."""
         self.request_rejected("rate_limited")
+        key = caller.removeprefix("key:") if caller.startswith("key:") else "anonymous"
+        self.key_rejections.labels(key, "rate_limited").inc()
 
-    def quota_exceeded(self) -> None:
+    def quota_exceeded(self, key: str) -> None:
         self.request_rejected("quota")
+        self.key_rejections.labels(key, "quota").inc()
+
+    def key_charged(self, key: str, tokens: int) -> None:
+        self.key_tokens.labels(key).inc(tokens)
 
     def request_cancelled(self, reason: str) -> None:
         self.requests_cancelled.labels(reason).inc()

@@ -40,9 +40,9 @@ def get_openai(engine: EngineDep, grounding: GroundingDep, documents: DocumentsD
 OpenAIDep = Annotated[OpenAIService, Depends(get_openai)]
 
 
-def _stream(service: OpenAIService, call: Call) -> StreamingResponse:
-    # Admitted before the response starts, so a full queue is still an ordinary 503 with Retry-After.
-    service.admit(call)
+async def _stream(service: OpenAIService, call: Call) -> StreamingResponse:
+    # Submitted before the response starts, so a full queue or a spent quota is an ordinary HTTP error.
+    await service.submit(call)
     return StreamingResponse(service.stream(call), media_type="text/event-stream", headers=_STREAM_HEADERS)
 
 
@@ -53,18 +53,18 @@ async def chat_completions(
     """Create a chat completion (OpenAI's API; `"use_documents": true` answers from the caller's documents)."""
     call = await service.prepare_chat(body, caller.name, time.monotonic())
     if body.stream:
-        return _stream(service, call)
+        return await _stream(service, call)
     return await cancel_on_disconnect(request, service.chat_completion(call))
 
 
 @router.post("/completions", response_model=Completion, responses=_STREAMS)
 async def completions(
-    body: CompletionRequest, request: Request, _: InferCallerDep, service: OpenAIDep
+    body: CompletionRequest, request: Request, caller: InferCallerDep, service: OpenAIDep
 ) -> Completion | StreamingResponse:
     """Create a completion of a raw prompt, without the chat template (OpenAI's API)."""
-    call = await service.prepare_completion(body, time.monotonic())
+    call = await service.prepare_completion(body, caller.name, time.monotonic())
     if body.stream:
-        return _stream(service, call)
+        return await _stream(service, call)
     return await cancel_on_disconnect(request, service.text_completion(call))
 
 

@@ -109,22 +109,24 @@ class OpenAIService:
             messages,
             body.sampling(limit),
             arrived,
-            documents_of=owner if body.use_documents else None,
+            owner=owner,
+            use_documents=body.use_documents,
             fit=requested is None,
         )
         return Call("chat", _call_id("chatcmpl"), int(time.time()), model_id(ref), prepared, body.include_usage)
 
-    async def prepare_completion(self, body: CompletionRequest, arrived: float) -> Call:
+    async def prepare_completion(self, body: CompletionRequest, owner: str, arrived: float) -> Call:
         ref = self._ref(body.model)
         requested = self._check(ref, body)
         limit = requested or self._inference.engine.limits.max_new_tokens
         prepared = await self._inference.prepare_raw(
-            ref, body.text(), body.sampling(limit), arrived, fit=requested is None
+            ref, body.text(), body.sampling(limit), arrived, owner=owner, fit=requested is None
         )
         return Call("text", _call_id("cmpl"), int(time.time()), model_id(ref), prepared, body.include_usage)
 
-    def admit(self, call: Call) -> None:
-        self._inference.admit(call.prepared)
+    async def submit(self, call: Call) -> None:
+        """Queue a streamed call before its response starts: a full queue or an exhausted quota is a plain error."""
+        await self._inference.submit(call.prepared)
 
     async def _run(self, call: Call) -> tuple[str, FinishReason, Usage]:
         request = call.prepared.request
