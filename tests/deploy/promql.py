@@ -15,7 +15,7 @@ DEPLOY = ROOT / "deploy"
 RULES_FILE = DEPLOY / "prometheus" / "rules.yml"
 DASHBOARD_FILE = DEPLOY / "grafana" / "dashboard.json"
 
-# /work/notes/metrics-contract.md: SPEC §6 plus the names it fixes. Histograms are named without suffixes.
+# docs/metrics.md: SPEC §6 plus the names it fixes. Histograms are named without suffixes.
 CONTRACT_COUNTERS = {
     "api_requests_total",
     "tokens_generated_total",
