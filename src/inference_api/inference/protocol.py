@@ -11,6 +11,13 @@ from inference_api.engine.types import SamplingParams
 StopString = Annotated[StrictStr, Field(min_length=1, max_length=64)]
 
 
+def few_stops(value: list[str] | str | None) -> list[str] | str | None:
+    """Stop strings are checked after every token: four at most, as OpenAI allows."""
+    if isinstance(value, list) and len(value) > 4:
+        raise ValueError("at most 4 stop strings")
+    return value
+
+
 class SamplingFields(BaseModel):
     """How to generate: shared by /infer and chat messages."""
 
@@ -30,9 +37,7 @@ class SamplingFields(BaseModel):
     @field_validator("stop")
     @classmethod
     def _few_stops(cls, value: list[str] | str | None) -> list[str] | str | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop strings")
-        return value
+        return few_stops(value)
 
     def sampling(self) -> SamplingParams:
         stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)

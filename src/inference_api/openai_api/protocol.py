@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
 from inference_api.engine.types import SamplingParams
-from inference_api.inference.protocol import Source, StopString
+from inference_api.inference.protocol import Source, StopString, few_stops
 
 FinishReason = Literal["stop", "length"]
 
@@ -78,9 +78,7 @@ class GenerationFields(BaseModel):
     @field_validator("stop")
     @classmethod
     def _few_stops(cls, value: list[str] | str | None) -> list[str] | str | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop strings")
-        return value
+        return few_stops(value)
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
