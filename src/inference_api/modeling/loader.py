@@ -12,6 +12,7 @@ import torch
 
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling import builtin
+from inference_api.modeling.attention import use_decode_attention
 from inference_api.modeling.conversion import convert_gguf, is_prepared
 from inference_api.modeling.quantization import int8_supported, quantize_linears
 from inference_api.modeling.registry import BaseModelSpec
@@ -156,6 +157,8 @@ def load_base(spec: BaseModelSpec, data_dir: Path, device: torch.device, precisi
     model.eval()
     model.requires_grad_(False)
     memory = quantize_linears(model) if precision.int8 else 0
+    if device.type == "cpu" and getattr(model.config, "_attn_implementation", None) == "sdpa":
+        use_decode_attention(model)
     tokenizer = load_tokenizer(location)
     seconds = time.perf_counter() - started
     memory += sum(p.numel() * p.element_size() for p in model.parameters())
