@@ -91,6 +91,27 @@ async def test_a_quota_of_100_tokens(tmp_path: Path, registry_file: Path) -> Non
         assert other.status_code == 200
 
 
+async def test_a_streamed_chat_turn_over_the_quota_is_a_429_before_the_stream(
+    tmp_path: Path, registry_file: Path
+) -> None:
+    alice = quota_key(tokens_per_day=50)
+    settings = make_settings(tmp_path / "data", registry_file, api_keys=[*TEST_KEYS, alice])
+    async with serving(settings, ready=True) as http:
+        headers = auth(alice.key or "")
+        started = await http.post("/chat/start", json={}, headers=headers)
+        assert started.status_code == 200, started.text
+        session = started.json()["sessionId"]
+        body = {"message": "Tell me a story", "stream": True, "max_new_tokens": 60}
+        refused = await http.post(f"/chat/{session}/messages", json=body, headers=headers)
+        error = assert_error(refused, 429, "RATE_LIMITED")
+        assert "50 tokens per day for key 'alice'" in error["message"] and refused.headers["retry-after"]
+        assert (await day_usage(http, alice))["used"] == 0
+        streamed = await http.post(f"/chat/{session}/messages", json=body | {"max_new_tokens": 8}, headers=headers)
+        assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+        assert "event: error" not in streamed.text
+        assert 1 <= (await day_usage(http, alice))["used"] <= 8
+
+
 async def test_replicas_sharing_redis_share_one_quota(
     tmp_path: Path, registry_file: Path, redis_server: RedisServer
 ) -> None:

@@ -68,6 +68,7 @@ async def send_message(
     if not body.stream:
         return await cancel_on_disconnect(request, chat.reply(caller.name, session_id, body, arrived))
     await sessions.get(caller.name, session_id)  # an unknown session is a 404, not an error event
+    await chat.check_stream(caller.name, body)  # so is a spent token quota a 429
     return StreamingResponse(
         chat.reply_stream(caller.name, session_id, body, arrived, request_id_of(request)),
         media_type="text/event-stream",

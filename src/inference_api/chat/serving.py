@@ -106,6 +106,11 @@ class ChatService:
         except ServiceError as exc:
             yield sse(error_body(exc, request_id), event="error")
 
+    async def check_stream(self, owner: str, body: SendRequest) -> None:
+        """What a streamed turn can be refused for before its response starts: limits, readiness, token quota."""
+        self._check(body)
+        await self._engine.check_budget(owner, body.max_new_tokens)
+
     def _check(self, body: SendRequest) -> None:
         default_within_limit(body, self._engine.limits.max_new_tokens)
         check_max_new_tokens(body.max_new_tokens, self._engine.limits.max_new_tokens)

@@ -188,6 +188,11 @@ class Engine:
                 outcome.prompt_tokens, outcome.tokens_generated, outcome.queue_time, outcome.generation_time
             )
 
+    async def check_budget(self, owner: str, max_new_tokens: int) -> None:
+        """Refuse at once a request its owner's token budget could not take now (nothing is reserved)."""
+        if self.budget is not None:
+            await self.budget.check(owner, max_new_tokens)
+
     async def submit(self, request: GenerationRequest) -> None:
         """Reserve the owner's token budget, then queue the request; what it did not use is given back."""
         self.check_accepting()  # a doomed request reserves nothing

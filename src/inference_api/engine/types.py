@@ -138,3 +138,6 @@ class TokenBudget(Protocol):
     with the tokens actually generated."""
 
     async def reserve(self, request: GenerationRequest) -> None: ...
+
+    async def check(self, owner: str, amount: int) -> None:
+        """Raise what `reserve` would raise for `amount` tokens now, reserving nothing."""

@@ -91,6 +91,20 @@ class TokenQuotas:
             raise self._refused(owner, amount, refusal, now)
         request.on_settle(lambda used: self._settle(owner, windows, amount, used))
 
+    async def check(self, owner: str, amount: int) -> None:
+        """Refuse now what `reserve` would refuse, reserving nothing: a stream checks this before its response
+        starts, so that a spent quota is a plain 429; its own reservation later still decides a close race."""
+        now = self._clock()
+        windows = [Window.current(kind, now) for kind in KINDS]
+        counts = await self._store.counts(owner, windows)
+        for window, count in zip(windows, counts, strict=True):
+            limit = self.limit(owner, window.kind)
+            if limit is not None and count.taken + amount > limit:
+                self.rejected += 1
+                for callback in self.on_reject:
+                    callback(owner)
+                raise self._refused(owner, amount, Refusal(window, limit, count.taken), now)
+
     def _refund_orphan(
         self, task: asyncio.Task[Refusal | None], owner: str, windows: list[Window], amount: int
     ) -> None:
