@@ -32,7 +32,6 @@ from inference_api.chat.types import (
     SessionInfo,
     check_branch_point,
     check_fold,
-    check_session_id,
     new_session_id,
     session_not_found,
 )
@@ -164,16 +163,13 @@ class RedisSessionStore:
         adapter_version: str | None = None,
         messages: Sequence[Message] = (),
     ) -> Session:
-        now = time.time()
-        session = Session(
-            id=new_session_id() if session_id is None else check_session_id(session_id),
-            owner=owner,
-            created_at=now,
-            updated_at=now,
+        session = Session.begin(
+            owner,
+            session_id=session_id,
             system_prompt=system_prompt,
             base_model=base_model,
             adapter_version=adapter_version,
-            messages=list(messages),
+            messages=messages,
         )
         await self._insert(session)
         return session

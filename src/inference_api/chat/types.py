@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -42,6 +43,30 @@ class Session(BaseModel):
     messages: list[Message] = Field(default_factory=list)
     summary: str | None = None
     summarized_turns: int = 0  # how many early messages `summary` stands in for
+
+    @classmethod
+    def begin(
+        cls,
+        owner: str,
+        *,
+        session_id: str | None = None,
+        system_prompt: str | None = None,
+        base_model: str | None = None,
+        adapter_version: str | None = None,
+        messages: Sequence[Message] = (),
+    ) -> Session:
+        """A session as every store creates it: a checked client id (or a random one), created and updated now."""
+        now = time.time()
+        return cls(
+            id=new_session_id() if session_id is None else check_session_id(session_id),
+            owner=owner,
+            created_at=now,
+            updated_at=now,
+            system_prompt=system_prompt,
+            base_model=base_model,
+            adapter_version=adapter_version,
+            messages=list(messages),
+        )
 
 
 class SessionInfo(BaseModel):
