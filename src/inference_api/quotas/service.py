@@ -85,9 +85,6 @@ class TokenQuotas:
             task.add_done_callback(lambda t: self._refund_orphan(t, owner, windows, amount))
             raise
         if refusal is not None:
-            self.rejected += 1
-            for callback in self.on_reject:
-                callback(owner)
             raise self._refused(owner, amount, refusal, now)
         request.on_settle(lambda used: self._settle(owner, windows, amount, used))
 
@@ -100,9 +97,6 @@ class TokenQuotas:
         for window, count in zip(windows, counts, strict=True):
             limit = self.limit(owner, window.kind)
             if limit is not None and count.taken + amount > limit:
-                self.rejected += 1
-                for callback in self.on_reject:
-                    callback(owner)
                 raise self._refused(owner, amount, Refusal(window, limit, count.taken), now)
 
     def _refund_orphan(
@@ -130,6 +124,10 @@ class TokenQuotas:
             logger.warning("settling the token quota of %r failed: %r", owner, task.exception())
 
     def _refused(self, owner: str, amount: int, refusal: Refusal, now: float) -> ServiceError:
+        """The refusal's error, counted (and reported to the hooks) as it is made."""
+        self.rejected += 1
+        for callback in self.on_reject:
+            callback(owner)
         window, limit = refusal.window, refusal.limit
         reset_in = max(1, int(window.reset_at - now + 0.999))
         quota = f"{limit} tokens per {window.kind} for key {owner!r}"
