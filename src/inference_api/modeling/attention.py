@@ -30,10 +30,11 @@ def decode_attention(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention signature: query [B, H, Q, D], key/value [B, KVH, W, D] -> ([B, Q, H, D], None)."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     batch, heads, queries, dim = query.shape
     if queries != 1 or query.device.type != "cpu" or module.training:
+        # Imported here, off the decode path this function exists for (it runs once a layer a step).
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
         output: tuple[torch.Tensor, None] = sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
