@@ -26,6 +26,7 @@ from inference_api.observability.metrics import Metrics
 from inference_api.quotas.service import TokenQuotas
 from inference_api.ratelimit.service import RateLimiter
 from inference_api.settings import Settings, SettingsError
+from inference_api.torch_threads import in_passing_thread
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class LazyDocuments:
         async with self._lock:
             if self._service is None:
                 settings = self._settings
-                self._service = await asyncio.to_thread(
+                self._service = await in_passing_thread(
                     DocumentService.build,
                     data_dir=settings.data_dir / "chroma",
                     device=settings.device,

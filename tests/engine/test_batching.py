@@ -21,6 +21,7 @@ import torch
 import uvicorn
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from torch.overrides import TorchFunctionMode
 
 from inference_api.app import create_app
 from inference_api.engine.batch import DecodeBatch
@@ -319,3 +320,26 @@ async def test_batched_output_equals_solo_output_on_the_tiny_model(client: httpx
     alone = [await run(p) for p in prompts]
     together = await asyncio.gather(*(run(p) for p in prompts))
     assert list(together) == alone
+
+
+class TensorOps(TorchFunctionMode):
+    """Records the tensor functions called on the thread that entered it (torch's mode stack is per thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        self.names.append(getattr(func, "__name__", repr(func)))
+        return func(*args, **(kwargs or {}))
+
+
+async def test_rows_leaving_at_different_steps_do_no_tensor_work_on_the_event_loop(client: httpx.AsyncClient) -> None:
+    # Tensor work on the loop's thread would start a second OpenMP team, after which libgomp stops
+    # spinning between the worker's parallel regions for the rest of the process (steps ~2x slower).
+    bodies: list[dict[str, Any]] = [{"prompt": f"row {n}", "max_new_tokens": 2 + 3 * n, "raw": True} for n in range(5)]
+    bodies[1] |= {"do_sample": True, "temperature": 0.8, "top_k": 20, "seed": 7}
+    with TensorOps() as ops:
+        responses = await asyncio.gather(*(client.post("/infer", json=b, headers=auth()) for b in bodies))
+    assert [r.json()["metadata"]["tokens_generated"] for r in responses] == [b["max_new_tokens"] for b in bodies]
+    assert ops.names == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import logging
 import threading
@@ -16,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from tokenizers import Tokenizer
+
+from inference_api.torch_threads import in_passing_thread
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -140,7 +141,7 @@ class Embedder:
         return vectors
 
     async def embed_async(self, texts: Sequence[str]) -> Vectors:
-        return await asyncio.to_thread(self.embed, texts)
+        return await in_passing_thread(self.embed, texts)
 
 
 class _Turns:
