@@ -10,6 +10,7 @@ from inference_api.modeling.quantization import (
     INT4_GROUP,
     INT4_MAX_ROWS,
     Int8Linear,
+    SharedInputLinear,
     exact_int4,
     int8_supported,
     quantize_linears,
@@ -76,3 +77,40 @@ def test_every_float_linear_is_replaced() -> None:
     weight_bytes = quantize_linears(model)
     assert [type(m) for m in model.modules() if isinstance(m, nn.Linear)] == [Int8Linear, Int8Linear]
     assert weight_bytes >= 64 * 64 + 64 * 32
+
+
+class Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj = four_bit_linear(128, 96, seed=1)
+        self.k_proj = four_bit_linear(128, 32, seed=2)
+        self.v_proj = four_bit_linear(128, 32, seed=3)
+
+
+def test_layers_reading_one_input_share_one_matmul_with_the_same_bits() -> None:
+    model = nn.Sequential(Attention())
+    attention = model[0]
+    separate = [Int8Linear(layer) for layer in (attention.q_proj, attention.k_proj, attention.v_proj)]
+    quantize_linears(model)
+    shared = [attention.q_proj, attention.k_proj, attention.v_proj]
+    assert all(type(layer) is SharedInputLinear for layer in shared)
+    assert len({id(layer._shared) for layer in shared}) == 1
+    for rows in (1, INT4_MAX_ROWS + 4):  # the int4 and the int8 kernel
+        x = torch.randn(rows, 128)
+        want = [layer(x) for layer in separate]
+        assert all(torch.equal(layer(x), w) for layer, w in zip(shared, want, strict=True))
+        # In another order, and with a new input before every layer was called: still each its own output.
+        assert torch.equal(shared[2](x), want[2]) and torch.equal(shared[0](x), want[0])
+        y = torch.randn(rows, 128)
+        assert torch.equal(shared[1](y), separate[1](y)) and torch.equal(shared[0](y), separate[0](y))
+
+
+def test_layers_of_different_inputs_or_kinds_are_not_fused() -> None:
+    attention = Attention()
+    attention.v_proj = nn.Linear(64, 32, bias=False)  # another input size
+    quantize_linears(attention)
+    assert [type(m) for m in (attention.q_proj, attention.k_proj, attention.v_proj)] == [Int8Linear] * 3
+    attention = Attention()
+    attention.k_proj = nn.Linear(128, 32)  # a bias where the others have none
+    quantize_linears(attention)
+    assert [type(m) for m in (attention.q_proj, attention.k_proj, attention.v_proj)] == [Int8Linear] * 3

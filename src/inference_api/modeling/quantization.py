@@ -128,10 +128,86 @@ class Int8Linear(nn.Linear):
         return f"in_features={self.in_features}, out_features={self.out_features}, {kinds}"
 
 
+# Layers of one parent that always read the same input: attention's projections, the MLP's gate and up.
+SHARED_INPUT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+class _SharedMatmul:
+    """One Int8Linear over the concatenated weights of layers that read the same input.
+
+    The model still calls each layer in turn; the first call with a new input runs the one matmul for
+    all of them and the others take their slice. That is one activation quantization and one kernel
+    call instead of three (or two), which at batch 16 took ~900 fewer operator calls a decode step.
+    Each output column is computed as before, so the results are the same bits as separate layers.
+    """
+
+    def __init__(self, layer: Int8Linear, sizes: list[int]) -> None:
+        self.layer = layer
+        self.sizes = sizes
+        self._input: torch.Tensor | None = None  # held, so `is` cannot match a new tensor at a reused address
+        self._parts: list[torch.Tensor] = []
+        self._taken: list[bool] = []
+
+    def part(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        if x is not self._input or self._taken[index]:
+            self._parts = list(self.layer(x).split(self.sizes, dim=-1))
+            self._input, self._taken = x, [False] * len(self.sizes)
+        self._taken[index] = True
+        part = self._parts[index]
+        if all(self._taken):
+            self._input, self._parts = None, []
+        return part
+
+
+class SharedInputLinear(nn.Linear):
+    """One of the layers of a _SharedMatmul; an `nn.Linear` with an empty stand-in weight, like Int8Linear."""
+
+    def __init__(self, shared: _SharedMatmul, index: int, in_features: int) -> None:
+        nn.Module.__init__(self)
+        self.in_features = in_features
+        self.out_features = shared.sizes[index]
+        self._shared = shared
+        self._index = index
+        self.weight = nn.Parameter(torch.empty(0, dtype=torch.float32), requires_grad=False)
+        self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._shared.part(self._index, x)
+
+    def extra_repr(self) -> str:
+        shared = self._shared.layer
+        return f"in_features={self.in_features}, out_features={self.out_features}, part {self._index} of {shared}"
+
+
+def _fuse(parent: nn.Module, names: tuple[str, ...]) -> int:
+    layers = [getattr(parent, name, None) for name in names]
+    if not all(type(layer) is nn.Linear for layer in layers):
+        return 0
+    linears = [layer for layer in layers if isinstance(layer, nn.Linear)]
+    inputs = {layer.in_features for layer in linears}
+    biased = {layer.bias is not None for layer in linears}
+    if len(inputs) != 1 or len(biased) != 1:
+        return 0
+    fused = nn.Linear(inputs.pop(), sum(layer.out_features for layer in linears), bias=biased.pop())
+    fused.weight.data = torch.cat([layer.weight.detach().float() for layer in linears])
+    if fused.bias is not None:
+        fused.bias.data = torch.cat([layer.bias.detach().float() for layer in linears if layer.bias is not None])
+    kernel = Int8Linear(fused)
+    shared = _SharedMatmul(kernel, [layer.out_features for layer in linears])
+    for index, name in enumerate(names):
+        setattr(parent, name, SharedInputLinear(shared, index, fused.in_features))
+    return kernel.weight_bytes
+
+
 def quantize_linears(model: nn.Module) -> int:
-    """Replace every float `nn.Linear` of `model` (the output head included) by an Int8Linear; returns bytes."""
+    """Replace every float `nn.Linear` of `model` (the output head included) by int8 layers; returns bytes.
+
+    Layers that read the same input (SHARED_INPUT_GROUPS) share one matmul; the others become Int8Linear.
+    """
     total = 0
     for parent in list(model.modules()):
+        for names in SHARED_INPUT_GROUPS:
+            total += _fuse(parent, names)
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
                 replacement = Int8Linear(child)
