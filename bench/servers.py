@@ -52,9 +52,12 @@ class ServerSpec:
     cwd: Path | None = None
 
 
-def venv_script(name: str) -> str:
-    """A console script installed next to the running interpreter (the project's .venv)."""
-    return str(Path(sys.executable).parent / name)
+def console_command(script: str, module: str) -> tuple[str, ...]:
+    """The console script installed next to the running interpreter (the project's .venv), or, where there is
+    none (a checkout run with PYTHONPATH=src on an interpreter the project is not installed in), the same
+    program as `python -m module`."""
+    path = Path(sys.executable).parent / script
+    return (str(path),) if path.is_file() else (sys.executable, "-m", module)
 
 
 def free_port() -> int:
@@ -85,7 +88,7 @@ def prepare_model(data_dir: Path, log_path: Path, timeout: float = 600.0) -> Pat
     with log_path.open("ab") as log:
         try:
             completed = subprocess.run(
-                [venv_script("inference-api"), "models", "prepare"],
+                [*console_command("inference-api", "inference_api"), "models", "prepare"],
                 env=env,
                 cwd=data_dir,
                 stdin=subprocess.DEVNULL,
@@ -127,7 +130,14 @@ def _ours(key: str, label: str, data_dir: Path, max_batch_size: int) -> ServerSp
     return ServerSpec(
         key=key,
         label=label,
-        command=(venv_script("inference-api"), "serve", "--host", "127.0.0.1", "--port", "{port}"),
+        command=(
+            *console_command("inference-api", "inference_api"),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+        ),
         ready_path="/ready",
         api=OursApi(API_KEY),
         token_note="tokens from the final event's metadata.tokens_generated",
@@ -163,7 +173,7 @@ def build_specs(keys: list[str], data_dir: Path, model_dir: Path | None) -> tupl
                     key=key,
                     label="transformers serve (CB)",
                     command=(
-                        venv_script("transformers"),
+                        *console_command("transformers", "transformers.cli.transformers"),
                         "serve",
                         "--continuous-batching",
                         "--host",

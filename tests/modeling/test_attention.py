@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from inference_api.modeling.attention import NAME, decode_attention
+from inference_api.modeling.attention import NAME, decode_attention, keep_sdpa_off_cudnn
 from inference_api.modeling.loader import Precision, load_base
 from inference_api.modeling.registry import ModelRef, ModelRegistry
 
@@ -58,3 +58,15 @@ def test_cpu_models_are_loaded_with_it(tiny_model_dir: Path, tmp_path: Path) -> 
     spec = ModelRegistry.from_file(registry_file, ref).resolve(ref)
     base = load_base(spec, tmp_path, torch.device("cpu"), Precision("float32"))
     assert base.model.config._attn_implementation == NAME
+
+
+def test_cudnn_attention_is_taken_out_of_sdpas_choices_alone() -> None:
+    cuda = torch.backends.cuda
+    others = (cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled(), cuda.math_sdp_enabled())
+    before = cuda.cudnn_sdp_enabled()
+    try:
+        keep_sdpa_off_cudnn()
+        assert not cuda.cudnn_sdp_enabled()
+        assert (cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled(), cuda.math_sdp_enabled()) == others
+    finally:
+        cuda.enable_cudnn_sdp(before)

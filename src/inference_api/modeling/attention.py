@@ -6,7 +6,7 @@ of a 45-60 ms step, by torch's profiler). Written as two batched matmuls, with t
 under the key/value head they share (grouped-query attention) so that keys and values are never
 repeated, the same attention took 5-6 ms. A modest gain, but a steady one on a noisy machine where
 wall-clock A/B runs of the whole step did not separate the two. Everything else (prefill, beam search,
-CUDA) keeps SDPA.
+CUDA) keeps SDPA (on CUDA without cuDNN's kernel: see `keep_sdpa_off_cudnn`).
 """
 
 from __future__ import annotations
@@ -59,3 +59,17 @@ def use_decode_attention(model: Any) -> None:
     AttentionInterface.register(NAME, decode_attention)
     AttentionMaskInterface.register(NAME, sdpa_mask)
     model.set_attn_implementation(NAME)
+
+
+def keep_sdpa_off_cudnn() -> None:
+    """Take cuDNN's attention out of SDPA's choices, for the whole process (torch keeps one switch per process).
+
+    On an H100 (torch 2.11, cuDNN 9.19) SDPA answers a bfloat16 decode step under a padding mask with cuDNN's
+    kernel, which pays for every new shape (plan building, by all signs: the same widths again took 0.07 ms a
+    call), and a decode step's key/value width is new at every step: 2.4-5.9 ms per attention call where the
+    other kernels take 0.07-0.4 ms. The server ran slower in bfloat16 than in float32 (which cuDNN's attention
+    does not take) on `python -m bench`: 18.6 against 30.1 tokens/s at concurrency 1, 37.3 against 106.5 at 4.
+    Without it, bfloat16 ran as fast as float32 (a random model of SmolLM2-135M's shape, first pass: 27.4 and
+    355 tokens/s at concurrency 1 and 16, against 8.7 and 88 with it; float32 28.5 and 371).
+    """
+    torch.backends.cuda.enable_cudnn_sdp(False)

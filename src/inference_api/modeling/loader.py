@@ -12,7 +12,7 @@ import torch
 
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling import builtin
-from inference_api.modeling.attention import use_decode_attention
+from inference_api.modeling.attention import keep_sdpa_off_cudnn, use_decode_attention
 from inference_api.modeling.conversion import convert_gguf, is_prepared
 from inference_api.modeling.quantization import int8_supported, quantize_linears
 from inference_api.modeling.registry import BaseModelSpec
@@ -159,6 +159,8 @@ def load_base(spec: BaseModelSpec, data_dir: Path, device: torch.device, precisi
     memory = quantize_linears(model) if precision.int8 else 0
     if device.type == "cpu" and getattr(model.config, "_attn_implementation", None) == "sdpa":
         use_decode_attention(model)
+    if device.type == "cuda":
+        keep_sdpa_off_cudnn()
     tokenizer = load_tokenizer(location)
     seconds = time.perf_counter() - started
     memory += sum(p.numel() * p.element_size() for p in model.parameters())
