@@ -2,9 +2,10 @@
 
     .venv/bin/python -m bench.engine_phases [--phases 1,4,1] [--requests 8] [--data-dir .cache/bench-data]
 
-No HTTP, so what it shows is the engine's own. It was written to show a slowdown that outlives a busy
+No HTTP, so what it shows is the engine's own. It was written to show a slowdown that outlived a busy
 phase: on a 2-core machine a batch-1 step took ~18 ms in a first c=1 phase and ~40 ms in a c=1 phase
-after a c=4 one, whatever the kernels (int4 or int8, SDPA or the decode attention).
+after a c=4 one. The cause was a second OpenMP team (rows leaving the batch were dropped with tensor
+operations on the event loop's thread; see inference_api.torch_threads); since the fix the phases match.
 """
 
 from __future__ import annotations
