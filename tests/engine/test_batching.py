@@ -26,6 +26,7 @@ from torch.overrides import TorchFunctionMode
 from inference_api.app import create_app
 from inference_api.engine.batch import DecodeBatch
 from inference_api.engine.service import Engine
+from inference_api.engine.types import GenerationRequest, SamplingParams
 from inference_api.engine.worker import DeviceWorker
 from inference_api.settings import Settings
 from tests.conftest import auth, make_settings, wait_ready
@@ -343,3 +344,18 @@ async def test_rows_leaving_at_different_steps_do_no_tensor_work_on_the_event_lo
         responses = await asyncio.gather(*(client.post("/infer", json=b, headers=auth()) for b in bodies))
     assert [r.json()["metadata"]["tokens_generated"] for r in responses] == [b["max_new_tokens"] for b in bodies]
     assert ops.names == []
+
+
+async def test_requests_waiting_when_the_batch_is_empty_share_one_prefill(settings: Settings) -> None:
+    app = create_app(settings)
+    async with LifespanManager(app, startup_timeout=120, shutdown_timeout=30):
+        engine, worker = engine_of(app), worker_of(app)
+        await until(lambda: engine.ready, 60)
+        ref = engine.registry.default
+        before = worker.stats.prefills
+        requests = [GenerationRequest(ref, [5, 6, 7 + n], SamplingParams(max_new_tokens=4)) for n in range(4)]
+        for request in requests:  # all queued before the worker, waiting on the queue, gets to run
+            engine.admit(request)
+        completions = [await request.result() for request in requests]
+        assert [c.tokens_generated for c in completions] == [4] * 4
+        assert worker.stats.prefills - before == 1

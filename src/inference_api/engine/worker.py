@@ -111,7 +111,10 @@ class DeviceWorker:
                 first = await self._queue.get(prefer=self.holds)
                 if first is None:
                     return
-                await self._admit([first])
+                # Requests already waiting behind it share its prefill instead of paying for one of their own
+                # a step later (under closed-loop load a whole batch often finishes, and returns, at once).
+                company = self._queue.take(_same_batch_as(first), self.max_batch_size - 1)
+                await self._admit([first, *company])
             else:
                 self._expire_waiting()
                 room = self.max_batch_size - len(self._batch)
@@ -321,3 +324,10 @@ class DeviceWorker:
 
     def shutdown(self) -> None:
         self._thread.shutdown(wait=True, cancel_futures=True)
+
+
+def _same_batch_as(first: GenerationRequest) -> Callable[[GenerationRequest], bool]:
+    def joins(request: GenerationRequest) -> bool:
+        return first.params.num_beams == 1 and request.params.num_beams == 1 and request.model == first.model
+
+    return joins
