@@ -91,6 +91,7 @@ class Settings(BaseSettings):
 
     max_queue: int = Field(default=64, ge=1)
     max_batch_size: int = Field(default=32, ge=1, le=256)
+    prefix_cache_tokens: int = Field(default=2048, ge=0)
     batch_join_wait: float = Field(default=0.1, ge=0, le=10)
     max_input_tokens: int = Field(default=4096, ge=1)
     max_new_tokens: int = Field(default=512, ge=1)

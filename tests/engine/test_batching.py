@@ -359,3 +359,14 @@ async def test_requests_waiting_when_the_batch_is_empty_share_one_prefill(settin
         completions = [await request.result() for request in requests]
         assert [c.tokens_generated for c in completions] == [4] * 4
         assert worker.stats.prefills - before == 1
+
+
+async def test_chat_prompts_reuse_their_system_block(client: httpx.AsyncClient) -> None:
+    for prompt in ("What is the capital of France?", "Name a colour"):
+        response = await client.post("/infer", json={"prompt": prompt, "max_new_tokens": 2}, headers=auth())
+        assert response.status_code == 200
+    raw = await client.post("/infer", json={"prompt": "raw text", "max_new_tokens": 2, "raw": True}, headers=auth())
+    assert raw.status_code == 200
+    status = (await client.get("/status", headers=auth())).json()
+    shared = status["workers"][0]["shared_prefixes"]["tiny"]
+    assert (shared["entries"], shared["misses"]) == (1, 1) and shared["hits"] >= 1

@@ -140,7 +140,11 @@ class ChatService:
                     raise  # the new message alone does not fit: nothing to fold, and nothing is cut
             session, count = await self._fold(owner, session, ref, deadline)
             folded += count
-        request = GenerationRequest(ref, encoded.ids, body.sampling(), deadline=deadline, owner=owner)
+        # Sources make each grounded system block unique: nothing to share.
+        shared = 0 if hits else encoded.shared_prefix
+        request = GenerationRequest(
+            ref, encoded.ids, body.sampling(), deadline=deadline, owner=owner, shared_prefix=shared
+        )
         return Turn(session, user, request, sources_of(hits) if hits is not None else None, folded)
 
     async def _fold(self, owner: str, session: Session, ref: ModelRef, deadline: float) -> tuple[Session, int]:
@@ -169,7 +173,9 @@ class ChatService:
                     end = start + (end - start) // 2
             params = SamplingParams(max_new_tokens=self._summary_max_tokens)
             # Summaries are generated for the owner's conversation, so they count against the owner's budget.
-            request = GenerationRequest(ref, encoded.ids, params, deadline=deadline, owner=owner)
+            request = GenerationRequest(
+                ref, encoded.ids, params, deadline=deadline, owner=owner, shared_prefix=encoded.shared_prefix
+            )
             completion = await self._engine.generate(request)
             # A model that writes nothing must not make the folded turns vanish: keep a short transcript.
             summary = completion.text.strip() or _transcript(summary, messages[start:end])

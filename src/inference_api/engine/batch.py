@@ -20,7 +20,9 @@ import torch.nn.functional as F
 from inference_api.engine.kv import slab_cache
 from inference_api.engine.runner import Sequence, advance
 from inference_api.engine.sampling import choose_next
+from inference_api.engine.types import GenerationRequest
 from inference_api.modeling.cache import LoadedModel
+from inference_api.modeling.prefix import LayerStates
 
 
 class DecodeBatch:
@@ -46,21 +48,34 @@ class DecodeBatch:
         return 0 if self._mask is None else int(self._mask.shape[1])
 
     def prefill(self, sequences: list[Sequence]) -> list[str]:
-        """Run the newcomers' prompts together and join them to the batch; returns each one's first delta."""
+        """Run the newcomers' prompts together and join them to the batch; returns each one's first delta.
+
+        A prompt's shared prefix (`GenerationRequest.shared_prefix`) is not run again: its stored keys and
+        values go first in the new rows' cache, and only the rest of each prompt is run. So a row's
+        columns are [padding][prefix][padding][rest]; the mask and the explicit positions make that the
+        same attention as an unpadded prompt.
+        """
         base = self.model.base
         self.model.activate()
         self._compact()
         device = base.device
-        lengths = [len(s.request.prompt_ids) for s in sequences]
-        width = max(lengths)
+        prompts = [s.request.prompt_ids for s in sequences]
+        prefixes = [self._prefix(s.request) for s in sequences]
+        shared = [0 if states is None else states[0][0].shape[2] for states in prefixes]
+        rest = [len(prompt) - skip for prompt, skip in zip(prompts, shared, strict=True)]
+        past, width = max(shared), max(rest)
         pad_id = base.tokenizer.pad_token_id or 0
         ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long, device=device)
-        for row, (seq, length) in enumerate(zip(sequences, lengths, strict=True)):
-            ids[row, width - length :] = torch.tensor(seq.request.prompt_ids, device=device)
-            mask[row, width - length :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        mask = torch.zeros((len(sequences), past + width), dtype=torch.long, device=device)
+        for row, (prompt, skip, length) in enumerate(zip(prompts, shared, rest, strict=True)):
+            ids[row, width - length :] = torch.tensor(prompt[skip:], device=device)
+            mask[row, past - skip : past] = 1
+            mask[row, past + width - length :] = 1
+        # Each row counts its positions from its own first token, prefix included.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
         cache = slab_cache(base.model.config)
+        if past:
+            _fill(cache, prefixes, past)
         with torch.inference_mode():
             out = base.model(
                 input_ids=ids,
@@ -70,8 +85,30 @@ class DecodeBatch:
                 use_cache=True,
                 logits_to_keep=1,
             )
-        self._join(cache, mask, torch.tensor(lengths, device=device), sequences)
+        self._join(cache, mask, torch.tensor([len(p) for p in prompts], device=device), sequences)
         return self._choose(sequences, out.logits[:, -1])
+
+    def _prefix(self, request: GenerationRequest) -> LayerStates | None:
+        """The stored keys and values of the request's shared prefix, computed (alone) and stored if new."""
+        count = request.shared_prefix
+        store, adapter = self.model.base.prefixes, self.model.adapter
+        if count <= 0 or count >= len(request.prompt_ids) or store.max_tokens == 0:
+            return None
+        key = tuple(request.prompt_ids[:count])
+        states = store.get(adapter, key)
+        if states is None:
+            cache: Any = slab_cache(self.model.base.model.config)
+            with torch.inference_mode():
+                self.model.base.model(
+                    input_ids=torch.tensor([key], device=self.model.base.device),
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            # Contiguous copies: a view would keep the whole fused q/k/v output of the prefix alive.
+            states = [(layer.keys.contiguous(), layer.values.contiguous()) for layer in cache.layers]
+            store.put(adapter, key, states)
+        return states
 
     def step(self) -> list[str]:
         """One decode step for every row; returns each row's text delta, in `sequences` order."""
@@ -154,3 +191,22 @@ class DecodeBatch:
 def _pad_left(states: torch.Tensor, columns: int) -> torch.Tensor:
     """Pad a [batch, heads, columns, dim] cache tensor with zero columns on the left."""
     return F.pad(states, (0, 0, columns, 0)) if columns else states
+
+
+def _fill(cache: Any, prefixes: list[LayerStates | None], width: int) -> None:
+    """Put each row's prefix (zeros where it has none) into an empty cache, right-aligned at `width` columns."""
+    for index, layer in enumerate(cache.layers):
+        keys, values = [], []
+        for states in prefixes:
+            if states is None:
+                template = next(s for s in prefixes if s is not None)[index][0]
+                blank = template.new_zeros((*template.shape[:2], width, template.shape[3]))
+                keys.append(blank)
+                values.append(blank)
+                continue
+            layer_keys, layer_values = states[index]
+            keys.append(_pad_left(layer_keys, width - layer_keys.shape[2]))
+            values.append(_pad_left(layer_values, width - layer_values.shape[2]))
+        merged_keys, merged_values = torch.cat(keys), torch.cat(values)
+        layer.lazy_initialization(merged_keys, merged_values)
+        layer.replace(merged_keys, merged_values)

@@ -72,6 +72,7 @@ class Engine:
                 capacity=settings.cache_size,
                 pinned=frozenset({registry.default}),
                 metrics=metrics,
+                prefix_tokens=settings.prefix_cache_tokens,
             )
             workers.append(
                 DeviceWorker(
@@ -118,7 +119,9 @@ class Engine:
             for worker in self.workers:
                 await worker.load(ref)
             encoded = await asyncio.to_thread(self.encoder.encode_chat, ref.base, _WARM_UP_PROMPT)
-            request = GenerationRequest(ref, encoded.ids, SamplingParams(max_new_tokens=2))
+            # With its shared prefix: the system block is then ready for the first chat request too.
+            params = SamplingParams(max_new_tokens=2)
+            request = GenerationRequest(ref, encoded.ids, params, shared_prefix=encoded.shared_prefix)
             self.queue.put_nowait(request)
             await request.result()
         except ServiceError as exc:
@@ -294,6 +297,15 @@ class Engine:
                     "cancelled": w.stats.cancelled,
                     "tokens_generated": w.stats.tokens_generated,
                     "cached_models": [str(r) for r in w.cache.refs()],
+                    "shared_prefixes": {
+                        name: {
+                            "entries": len(base.prefixes),
+                            "tokens": base.prefixes.tokens,
+                            "hits": base.prefixes.hits,
+                            "misses": base.prefixes.misses,
+                        }
+                        for name, base in w.cache.loaded_bases().items()
+                    },
                 }
                 for w in self.workers
             ],

@@ -65,6 +65,9 @@ class GenerationRequest:
     params: SamplingParams
     deadline: float | None = None  # time.monotonic() value
     owner: str | None = None  # the API key's name, for its token budget; None: nobody's budget
+    # Leading prompt tokens that other prompts share (a chat template's system block): their keys and
+    # values are computed once per model and reused (modeling/prefix.py). 0: none.
+    shared_prefix: int = 0
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None

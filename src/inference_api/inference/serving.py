@@ -114,6 +114,8 @@ class InferenceService:
                 return Prepared(ref, None, sources)
             messages = _grounded(messages, hits)
         encoded = await asyncio.to_thread(self._engine.encoder.encode_chat, ref.base, messages)
+        if use_documents:  # the sources make each grounded system block unique: nothing to share
+            encoded = replace(encoded, shared_prefix=0)
         return Prepared(ref, self._request(ref, encoded, params, arrived, owner, fit), sources)
 
     def _request(
@@ -123,7 +125,14 @@ class InferenceService:
         if fit:
             params = fit_to_context(params, encoded)
         check_token_budget(encoded, params.max_new_tokens, limits.max_input_tokens)
-        return GenerationRequest(ref, encoded.ids, params, deadline=arrived + limits.request_timeout, owner=owner)
+        return GenerationRequest(
+            ref,
+            encoded.ids,
+            params,
+            deadline=arrived + limits.request_timeout,
+            owner=owner,
+            shared_prefix=encoded.shared_prefix,
+        )
 
     async def prepare(self, body: InferRequest, owner: str, arrived: float) -> Prepared:
         if body.raw and body.use_documents:

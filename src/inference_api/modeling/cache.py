@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 
 from inference_api.modeling.loader import LoadedBase, Precision, load_base
+from inference_api.modeling.prefix import PrefixStore
 from inference_api.modeling.registry import BASE_VERSION, BaseModelSpec, ModelRef, ModelRegistry
 from inference_api.observability.metrics import Metrics
 
@@ -63,6 +64,7 @@ class ModelCache:
         pinned: frozenset[ModelRef] = frozenset(),
         loader: BaseLoader = load_base,
         metrics: Metrics | None = None,
+        prefix_tokens: int = 2048,
     ) -> None:
         self.metrics = metrics or Metrics()
         self._registry = registry
@@ -70,6 +72,7 @@ class ModelCache:
         self.device = device
         self.precision = precision
         self.capacity = capacity
+        self.prefix_tokens = prefix_tokens  # each base's PrefixStore budget; 0: prompts are not split
         # Pinned entries (the default model: readiness promises it stays loaded) are never evicted.
         self._pinned = pinned
         self._loader = loader
@@ -139,6 +142,7 @@ class ModelCache:
             base = self._bases.get(spec.name)
         if base is None:
             base = self._loader(spec, self._data_dir, self.device, self.precision)
+            base.prefixes = PrefixStore(self.prefix_tokens)
             with self._lock:
                 self._bases[spec.name] = base
         adapter = None if ref.version == BASE_VERSION else ref.version

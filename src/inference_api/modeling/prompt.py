@@ -17,6 +17,7 @@ Message = dict[str, str]
 class EncodedPrompt:
     ids: list[int]
     context_length: int
+    shared_prefix: int = 0  # leading ids that every prompt with the same system messages begins with
 
 
 @dataclass
@@ -41,11 +42,10 @@ class PromptEncoder:
         if getattr(tokenizer, "chat_template", None):
             text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             # The template already holds the special tokens it wants (BOS included, if any).
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        else:
-            text = "\n".join(m["content"] for m in messages)
-            ids = tokenizer(text)["input_ids"]
-        return EncodedPrompt(list(ids), entry.context_length)
+            ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            return EncodedPrompt(ids, entry.context_length, _system_block(tokenizer, messages, text, ids))
+        text = "\n".join(m["content"] for m in messages)
+        return EncodedPrompt(list(tokenizer(text)["input_ids"]), entry.context_length)
 
     def encode_raw(self, base: str, text: str) -> EncodedPrompt:
         entry = self._get(base)
@@ -62,3 +62,32 @@ class PromptEncoder:
                 entry = _Tokenizing(load_tokenizer(location), context_length_of(config))
                 self._loaded[base] = entry
             return entry
+
+
+_PROBE = "inference-api-probe-7f3a9c"
+
+
+def _system_block(tokenizer: Any, messages: list[Message], text: str, ids: list[int]) -> int:
+    """How many leading ids hold the template's text before the first non-system message's content.
+
+    Every prompt with the same system messages (or none, and the template's default) begins with them.
+    The template is rendered once more with a probe in place of that content; 0 when the prompt does not
+    begin with that text, or its tokens do not end where the content starts.
+    """
+    system = 0
+    while system < len(messages) and messages[system]["role"] == "system":
+        system += 1
+    if system == len(messages):
+        return 0
+    probe = [*messages[:system], {"role": messages[system]["role"], "content": _PROBE}]
+    try:
+        rendered = tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception:  # a template may refuse a conversation cut short; sharing is only an optimisation
+        return 0
+    cut = rendered.find(_PROBE)
+    if cut <= 0 or not text.startswith(rendered[:cut]):
+        return 0
+    prefix = list(tokenizer(rendered[:cut], add_special_tokens=False)["input_ids"])
+    if ids[: len(prefix)] != prefix or len(prefix) >= len(ids):
+        return 0
+    return len(prefix)
