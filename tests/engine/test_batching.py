@@ -370,3 +370,38 @@ async def test_chat_prompts_reuse_their_system_block(client: httpx.AsyncClient) 
     status = (await client.get("/status", headers=auth())).json()
     shared = status["workers"][0]["shared_prefixes"]["tiny"]
     assert (shared["entries"], shared["misses"]) == (1, 1) and shared["hits"] >= 1
+
+
+async def test_rows_that_end_together_are_awaited_for_one_prefill_and_a_lone_one_is_not(
+    tmp_path: Path, registry_file: Path
+) -> None:
+    app = create_app(make_settings(tmp_path / "data", registry_file, batch_join_wait=0.5))
+    async with LifespanManager(app, startup_timeout=120, shutdown_timeout=30):
+        engine, worker = engine_of(app), worker_of(app)
+        await until(lambda: engine.ready, 60)
+        ref = engine.registry.default
+
+        def request(n: int) -> GenerationRequest:
+            return GenerationRequest(ref, [5, 6, 7 + n], SamplingParams(max_new_tokens=4))
+
+        first_wave = [request(n) for n in range(4)]
+        for r in first_wave:
+            engine.admit(r)
+        for r in first_wave:
+            await r.result()
+        before = worker.stats.prefills
+        # Four clients come back one after another, as they would over a network.
+        second_wave = []
+        for n in range(4):
+            second_wave.append(request(n))
+            engine.admit(second_wave[-1])
+            await asyncio.sleep(0.02)
+        for r in second_wave:
+            await r.result()
+        assert worker.stats.prefills - before == 1
+        # After a request that ended alone, the next one starts at once.
+        for n in (8, 9):
+            lone = request(n)
+            engine.admit(lone)
+            await lone.result()
+        assert lone.started_at is not None and lone.started_at - lone.enqueued_at < 0.25

@@ -83,6 +83,12 @@ class RequestQueue:
             self._depth_changed()
         return expired
 
+    async def until_waiting(self, accept: Callable[[GenerationRequest], bool], count: int) -> None:
+        """Return once `count` requests that `accept` takes are waiting, or the queue is closed."""
+        while self.waiting(accept)[0] < count and not self._closed:
+            self._changed.clear()
+            await self._changed.wait()
+
     async def get(self, prefer: Callable[[GenerationRequest], bool] | None = None) -> GenerationRequest | None:
         """The oldest request `prefer` likes, else the oldest; None once the queue is closed and empty."""
         while not self._items:

@@ -10,6 +10,7 @@ drains, and a request kept waiting that way for `switch_after` seconds stops new
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -74,6 +75,7 @@ class DeviceWorker:
             initargs=(torch.get_num_threads(),),
         )
         self._batch: DecodeBatch | None = None
+        self._ended_together = 0  # rows that left the batch at its last step, when that emptied it
         self._solo: GenerationRequest | None = None  # a beam search, served outside the batch
         self.stats = WorkerStats()
 
@@ -112,9 +114,17 @@ class DeviceWorker:
                 if first is None:
                     return
                 # Requests already waiting behind it share its prefill instead of paying for one of their own
-                # a step later (under closed-loop load a whole batch often finishes, and returns, at once).
-                company = self._queue.take(_same_batch_as(first), self.max_batch_size - 1)
-                await self._admit([first, *company])
+                # a step later. Rows that ended together (clients in a loop, a batch that started together)
+                # tend to come back within milliseconds: up to BATCH_JOIN_WAIT is given for as many to
+                # arrive, so that they share one prefill and stay in step instead of drifting into
+                # a prefill each. A lone request (ended alone) does not wait.
+                joins, expected = _same_batch_as(first), self._ended_together - 1
+                self._ended_together = 0
+                if expected > 0 and self.join_wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.join_wait):
+                            await self._queue.until_waiting(joins, expected)
+                await self._admit([first, *self._queue.take(joins, self.max_batch_size - 1)])
             else:
                 self._expire_waiting()
                 room = self.max_batch_size - len(self._batch)
@@ -247,6 +257,8 @@ class DeviceWorker:
                 self._complete(seq.request, seq.assembler.text, seq.finish_reason, seq.tokens_generated)
                 finished.append(seq)
         batch.remove(finished)
+        if not batch.sequences:
+            self._ended_together = len(finished)
 
     def _note_tokens(self, request: GenerationRequest, count: int, now: float) -> None:
         """Time to first token (from entering the queue) and the gap per token after it."""
