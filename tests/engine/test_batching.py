@@ -399,6 +399,11 @@ async def test_rows_that_end_together_are_awaited_for_one_prefill_and_a_lone_one
         for r in second_wave:
             await r.result()
         assert worker.stats.prefills - before == 1
+        # A beam search after them runs alone, so it does not wait for company either.
+        beam = GenerationRequest(ref, [5, 6, 7], SamplingParams(max_new_tokens=2, num_beams=2))
+        engine.admit(beam)
+        await beam.result()
+        assert beam.started_at is not None and beam.started_at - beam.enqueued_at < 0.25
         # After a request that ended alone, the next one starts at once.
         for n in (8, 9):
             lone = request(n)

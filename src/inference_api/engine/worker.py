@@ -118,13 +118,16 @@ class DeviceWorker:
                 # tend to come back within milliseconds: up to BATCH_JOIN_WAIT is given for as many to
                 # arrive, so that they share one prefill and stay in step instead of drifting into
                 # a prefill each. A lone request (ended alone) does not wait.
-                joins, expected = _same_batch_as(first), self._ended_together - 1
-                self._ended_together = 0
-                if expected > 0 and self.join_wait > 0:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self.join_wait):
-                            await self._queue.until_waiting(joins, expected)
-                await self._admit([first, *self._queue.take(joins, self.max_batch_size - 1)])
+                company: list[GenerationRequest] = []
+                expected, self._ended_together = self._ended_together - 1, 0
+                if first.params.num_beams == 1:  # a beam search runs alone: nothing can share its prefill
+                    joins = functools.partial(_batchable, ref=first.model)
+                    if expected > 0 and self.join_wait > 0:
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(self.join_wait):
+                                await self._queue.until_waiting(joins, expected)
+                    company = self._queue.take(joins, self.max_batch_size - 1)
+                await self._admit([first, *company])
             else:
                 self._expire_waiting()
                 room = self.max_batch_size - len(self._batch)
@@ -147,7 +150,7 @@ class DeviceWorker:
 
     def _joins_batch(self, request: GenerationRequest) -> bool:
         assert self._batch is not None
-        return request.model == self._batch.model.ref and request.params.num_beams == 1
+        return _batchable(request, self._batch.model.ref)
 
     def _time_to_join(self, room: int) -> bool:
         """Let newcomers gather into one prefill rather than paying a prefill on nearly every step.
@@ -338,8 +341,6 @@ class DeviceWorker:
         self._thread.shutdown(wait=True, cancel_futures=True)
 
 
-def _same_batch_as(first: GenerationRequest) -> Callable[[GenerationRequest], bool]:
-    def joins(request: GenerationRequest) -> bool:
-        return first.params.num_beams == 1 and request.params.num_beams == 1 and request.model == first.model
-
-    return joins
+def _batchable(request: GenerationRequest, ref: ModelRef) -> bool:
+    """Whether the request can decode in a batch of `ref`'s: the same model and version, and no beam search."""
+    return request.model == ref and request.params.num_beams == 1
