@@ -195,11 +195,12 @@ def _pad_left(states: torch.Tensor, columns: int) -> torch.Tensor:
 
 def _fill(cache: Any, prefixes: list[LayerStates | None], width: int) -> None:
     """Put each row's prefix (zeros where it has none) into an empty cache, right-aligned at `width` columns."""
+    some = next(states for states in prefixes if states is not None)
     for index, layer in enumerate(cache.layers):
         keys, values = [], []
         for states in prefixes:
             if states is None:
-                template = next(s for s in prefixes if s is not None)[index][0]
+                template = some[index][0]
                 blank = template.new_zeros((*template.shape[:2], width, template.shape[3]))
                 keys.append(blank)
                 values.append(blank)
