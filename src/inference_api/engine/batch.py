@@ -119,15 +119,18 @@ class DecodeBatch:
         tokens = torch.tensor([[s.last_token] for s in self.sequences], device=base.device)
         self._mask = torch.cat([self._mask, self._mask.new_ones((len(self), 1))], dim=1)
         with torch.inference_mode():
-            out = base.model(
-                input_ids=tokens,
-                attention_mask=self._mask,
-                position_ids=self._positions[:, None],
-                past_key_values=self._cache,
-                use_cache=True,
-            )
+            if base.decode_step is not None:
+                logits = base.decode_step(tokens[:, 0], self._positions, self._mask, self._cache)
+            else:
+                logits = base.model(
+                    input_ids=tokens,
+                    attention_mask=self._mask,
+                    position_ids=self._positions[:, None],
+                    past_key_values=self._cache,
+                    use_cache=True,
+                ).logits[:, -1]
         self._positions = self._positions + 1
-        return self._choose(self.sequences, out.logits[:, -1])
+        return self._choose(self.sequences, logits)
 
     def remove(self, leaving: list[Sequence]) -> None:
         """Drop rows (finished, cancelled or failed); cheap, the cache is compacted before the next step."""

@@ -14,6 +14,7 @@ from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling import builtin
 from inference_api.modeling.attention import keep_sdpa_off_cudnn, use_decode_attention
 from inference_api.modeling.conversion import convert_gguf, is_prepared
+from inference_api.modeling.decode_step import LlamaDecodeStep, decode_step_for
 from inference_api.modeling.prefix import PrefixStore
 from inference_api.modeling.quantization import int8_supported, quantize_linears
 from inference_api.modeling.registry import BaseModelSpec
@@ -100,6 +101,11 @@ class LoadedBase:
     adapters: set[str] = field(default_factory=set)
     active_adapter: str | None = None
     prefixes: PrefixStore = field(default_factory=PrefixStore, repr=False)
+    # The lean decode step (see decode_step.py) where it reproduces this model; rebuilt when adapters change.
+    decode_step: LlamaDecodeStep | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.decode_step = decode_step_for(self.model, self.device)
 
     def activate(self, adapter: str | None) -> None:
         """Make `adapter` (or none: the base weights alone) the one the next forward pass uses."""
@@ -118,6 +124,7 @@ class LoadedBase:
             raise ServiceError(ErrorCode.MODEL_NOT_FOUND, f"adapter {name!r} of {self.name!r}: no adapter_config.json")
         self.model.load_adapter(str(path), adapter_name=name)
         self.adapters.add(name)
+        self.decode_step = decode_step_for(self.model, self.device)
         self.prefixes.forget(name)
         # load_adapter leaves the new adapter active; restore what was active before.
         previous, self.active_adapter = self.active_adapter, name
@@ -130,6 +137,7 @@ class LoadedBase:
             self.activate(None)
         self.model.delete_adapter(name)
         self.adapters.discard(name)
+        self.decode_step = decode_step_for(self.model, self.device)
         self.prefixes.forget(name)
 
 

@@ -105,23 +105,23 @@ class Int8Linear(nn.Linear):
             self.weight_bytes += sum(t.numel() * t.element_size() for t in self._int4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).float()
+        out = self.rows(x.reshape(-1, self.in_features).float())
+        return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The layer on float32 rows [n, in_features] -> [n, out_features]; `forward` without its reshapes."""
         if self._int4 is not None and rows.shape[0] <= INT4_MAX_ROWS:
             packed, scales_and_zeros = self._int4
             small: torch.Tensor = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 rows.to(torch.bfloat16), packed, INT4_GROUP, scales_and_zeros
             ).float()
-            if self._bias is not None:
-                small = small + self._bias
-            return small.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+            return small if self._bias is None else small + self._bias
         # abs().amax() rather than an inf-norm: the same numbers, a sixth of the time (62 vs 10 us).
         scale = rows.abs().amax(dim=1, keepdim=True).clamp_(min=1e-12)
         normalized = torch.cat([rows / scale, self._calibration])
         out: torch.Tensor = torch.ops.quantized.linear_dynamic(normalized, self._packed, reduce_range=_REDUCE_RANGE)
         out = out[:-1] * scale
-        if self._bias is not None:
-            out = out + self._bias
-        return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return out if self._bias is None else out + self._bias
 
     def extra_repr(self) -> str:
         kinds = "int8+int4" if self._int4 is not None else "int8"
