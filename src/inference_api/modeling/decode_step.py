@@ -127,6 +127,7 @@ class LlamaDecodeStep:
         bias.masked_fill_((mask == 0)[:, None, None, :], torch.finfo(hidden.dtype).min)
         bias = bias.expand(rows, kv_heads, group, width).reshape(rows * kv_heads, group, width)
         rotated_heads = heads + kv_heads
+        reduced = hidden.dtype != torch.float32
         for layer, slab in zip(self._layers, cache.layers, strict=True):
             qkv = layer.qkv(layer.input_norm(hidden)).view(rows, -1, dim)
             qk = qkv[:, :rotated_heads]
@@ -137,12 +138,14 @@ class LlamaDecodeStep:
             scores = torch.baddbmm(
                 bias, query, keys.flatten(0, 1).transpose(1, 2), alpha=self.scaling
             )  # [rows * kv, group, width]
-            weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(values.dtype)
+            weights = torch.softmax(scores, dim=-1, dtype=torch.float32)
+            if reduced:
+                weights = weights.to(values.dtype)
             attended = torch.bmm(weights, values.flatten(0, 1)).view(rows, heads * dim)
-            hidden = hidden + layer.output(attended)
+            hidden.add_(layer.output(attended))  # embedding's output is a new tensor: ours to update
             gate_up = layer.gate_up(layer.post_norm(hidden))
             activated = nn.functional.silu(gate_up[:, : layer.intermediate]) * gate_up[:, layer.intermediate :]
-            hidden = hidden + layer.down(activated)
+            hidden.add_(layer.down(activated))
         return self._head(self._norm(hidden))
 
 
