@@ -111,7 +111,11 @@ class DecodeBatch:
         return states
 
     def step(self) -> list[str]:
-        """One decode step for every row; returns each row's text delta, in `sequences` order."""
+        """One decode step for every row; returns each row's text delta, in `sequences` order.
+
+        The model's lean decode step (`LoadedBase.decode_step`) runs it where there is one: the same logits
+        as the model's forward, with a fraction of the Python and operator calls.
+        """
         base = self.model.base
         self.model.activate()
         self._compact()
