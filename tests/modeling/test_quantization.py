@@ -12,6 +12,7 @@ from inference_api.modeling.quantization import (
     Int8Linear,
     SharedInputLinear,
     exact_int4,
+    fused_layer,
     int8_supported,
     quantize_linears,
 )
@@ -103,6 +104,16 @@ def test_layers_reading_one_input_share_one_matmul_with_the_same_bits() -> None:
         assert torch.equal(shared[2](x), want[2]) and torch.equal(shared[0](x), want[0])
         y = torch.randn(rows, 128)
         assert torch.equal(shared[1](y), separate[1](y)) and torch.equal(shared[0](y), separate[0](y))
+
+
+def test_the_fused_layer_is_found_only_for_all_its_parts_in_order() -> None:
+    attention = Attention()
+    quantize_linears(attention)
+    q, k, v = attention.q_proj, attention.k_proj, attention.v_proj
+    fused = fused_layer([q, k, v])
+    assert type(fused) is Int8Linear and fused.out_features == 96 + 32 + 32
+    assert fused_layer([k, q, v]) is None and fused_layer([q, k]) is None
+    assert fused_layer([q, k, Attention().v_proj]) is None  # a plain layer among them
 
 
 def test_layers_of_different_inputs_or_kinds_are_not_fused() -> None:

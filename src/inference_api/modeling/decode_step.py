@@ -26,7 +26,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from inference_api.modeling.quantization import Int8Linear, SharedInputLinear
+from inference_api.modeling.quantization import Int8Linear, fused_layer
 
 # The transformers classes whose forward this file reproduces (checked against transformers 5.23).
 _MODEL = "LlamaForCausalLM"
@@ -45,22 +45,11 @@ def _rows_matmul(layer: Any) -> RowFunction:
     return cast(RowFunction, layer)
 
 
-def _joint_matmul(layers: list[Any]) -> RowFunction | None:
-    """One matmul for layers fused at load time into one SharedInputLinear group, in this order; else None."""
-    if not all(type(layer) is SharedInputLinear for layer in layers):
-        return None
-    shared = layers[0]._shared
-    if any(layer._shared is not shared for layer in layers) or [layer._index for layer in layers] != list(
-        range(len(shared.sizes))
-    ):
-        return None
-    return _rows_matmul(shared.layer)
-
-
 def _concatenated(layers: list[Any]) -> RowFunction:
-    joint = _joint_matmul(layers)
-    if joint is not None:
-        return joint
+    """The layers' outputs side by side: one matmul where they were fused at load time."""
+    fused = fused_layer(layers)
+    if fused is not None:
+        return fused.rows
     matmuls = [_rows_matmul(layer) for layer in layers]
     return lambda x: torch.cat([matmul(x) for matmul in matmuls], dim=-1)
 

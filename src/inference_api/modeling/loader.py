@@ -102,7 +102,7 @@ class LoadedBase:
     active_adapter: str | None = None
     prefixes: PrefixStore = field(default_factory=PrefixStore, repr=False)
     # The lean decode step (see decode_step.py) where it reproduces this model; rebuilt when adapters change.
-    decode_step: LlamaDecodeStep | None = field(default=None, repr=False)
+    decode_step: LlamaDecodeStep | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.decode_step = decode_step_for(self.model, self.device)

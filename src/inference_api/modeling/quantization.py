@@ -179,6 +179,17 @@ class SharedInputLinear(nn.Linear):
         return f"in_features={self.in_features}, out_features={self.out_features}, part {self._index} of {shared}"
 
 
+def fused_layer(layers: list[nn.Module]) -> Int8Linear | None:
+    """The one Int8Linear that computes `layers` when they are all the parts of one shared matmul, in order."""
+    parts = [layer for layer in layers if type(layer) is SharedInputLinear]
+    if len(parts) != len(layers):
+        return None
+    shared = parts[0]._shared
+    if [(part._shared, part._index) for part in parts] != [(shared, index) for index in range(len(shared.sizes))]:
+        return None
+    return shared.layer
+
+
 def _fuse(parent: nn.Module, names: tuple[str, ...]) -> int:
     layers = [getattr(parent, name, None) for name in names]
     if not all(type(layer) is nn.Linear for layer in layers):
