@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
 from bench.load import LevelResult, run_level
 from bench.prompts import PROMPTS
-from bench.report import ServerRun, error_notes, machine_description, ratios, table, token_notes
+from bench.report import ServerRun, error_notes, machine_description, ratios, round_ratios, table, token_notes
 from bench.servers import (
     SERVER_KEYS,
     BenchError,
@@ -69,6 +71,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--max-tokens", type=int, default=64, help="new tokens asked for per request (default: 64)")
     parser.add_argument("--quick", action="store_true", help="smoke run: concurrency 1,4 and few requests")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run all servers at once and measure each level in this many blocks per server, the servers taking "
+        "turns (default 1: one server after another)",
+    )
     parser.add_argument("--output", type=Path, help="also write the table and machine description to this file")
     parser.add_argument(
         "--data-dir",
@@ -84,6 +93,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--requests must be at least 1")
     if args.max_tokens < 1:
         parser.error("--max-tokens must be at least 1")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.concurrency is None:
         args.concurrency = list(QUICK_CONCURRENCY if args.quick else DEFAULT_CONCURRENCY)
     return args
@@ -93,6 +104,16 @@ def requests_for(concurrency: int, args: argparse.Namespace) -> int:
     if args.requests is not None:
         return int(args.requests)
     return max(2, concurrency) if args.quick else max(8, 2 * concurrency)
+
+
+def block_sizes(requests: int, rounds: int, concurrency: int) -> list[int]:
+    """`requests` split into up to `rounds` even blocks of at least twice `concurrency` requests each.
+
+    A block of fewer requests than clients would run below the level's concurrency, and one of barely as
+    many would be a single wave that ends with its slowest request rather than a steady closed loop.
+    """
+    blocks = max(1, min(rounds, requests // (2 * concurrency)))
+    return [requests // blocks + (1 if index < requests % blocks else 0) for index in range(blocks)]
 
 
 def _progress(message: str) -> None:
@@ -135,11 +156,102 @@ def _run_server(spec: ServerSpec, args: argparse.Namespace, log_dir: Path, runs:
                 runs.append(ServerRun(spec.key, spec.label, spec.token_note, tuple(levels), startup, load_before))
 
 
+async def _measure_in_turns(
+    servers: list[ServerProcess], args: argparse.Namespace, blocks: dict[str, dict[int, list[LevelResult]]]
+) -> None:
+    """Each level in rounds: every server runs a block of its requests in turn, who goes first rotating by round.
+
+    On a shared machine whose speed drifts over minutes, servers measured one after another also measure the
+    drift; blocks that take turns share it, and each round gives a ratio of its own.
+    """
+    for concurrency in args.concurrency:
+        sizes = block_sizes(requests_for(concurrency, args), args.rounds, concurrency)
+        sent = 0
+        for index, size in enumerate(sizes):
+            order = servers[index % len(servers) :] + servers[: index % len(servers)]
+            for server in order:
+                level = await run_level(
+                    server.spec.api,
+                    server.base_url,
+                    PROMPTS,
+                    concurrency=concurrency,
+                    requests=size,
+                    max_tokens=args.max_tokens,
+                    request_timeout=args.request_timeout,
+                    level_timeout=args.level_timeout,
+                    warm_up=index == 0,
+                    first_prompt=sent,
+                )
+                _progress(
+                    f"[{server.spec.key}] concurrency {concurrency}, round {index + 1}/{len(sizes)}: "
+                    f"{level.tokens_per_s:.1f} tok/s, {level.errors} errors"
+                )
+                blocks[server.spec.key].setdefault(concurrency, []).append(level)
+            sent += size
+
+
+def _idle_cpu(servers: list[ServerProcess], seconds: float = 3.0) -> dict[str, float | None]:
+    """Share of one core each server uses while nobody sends it anything (they wait while the others are measured)."""
+    before = {server.spec.key: server.cpu_seconds() for server in servers}
+    time.sleep(seconds)
+    shares: dict[str, float | None] = {}
+    for server in servers:
+        start, end = before[server.spec.key], server.cpu_seconds()
+        shares[server.spec.key] = None if start is None or end is None else (end - start) / seconds
+    return shares
+
+
+def _run_in_turns(
+    specs: list[ServerSpec], args: argparse.Namespace, log_dir: Path, runs: list[ServerRun], notes: list[str]
+) -> list[str]:
+    """Start every server, then measure them in turns; returns the per-round ratio notes."""
+    blocks: dict[str, dict[int, list[LevelResult]]] = {}
+    with contextlib.ExitStack() as stack:
+        servers: list[ServerProcess] = []
+        startups: dict[str, float] = {}
+        for spec in specs:
+            server = stack.enter_context(ServerProcess(spec, log_dir / f"{spec.key}.log"))
+            _progress(f"[{spec.key}] starting on {server.base_url} (log {server.log_path})")
+            try:
+                startups[spec.key] = server.wait_ready(args.startup_timeout)
+            except BenchError as exc:
+                _progress(str(exc))
+                notes.append(f"{spec.key}: not measured, {str(exc).splitlines()[0]}")
+                server.stop()
+                continue
+            _progress(f"[{spec.key}] ready after {startups[spec.key]:.1f} s")
+            servers.append(server)
+            blocks[spec.key] = {}
+        if not servers:
+            return []
+        idle = _idle_cpu(servers)
+        notes.append(
+            "servers measured in turns, all running; idle CPU of each while waiting: "
+            + ", ".join(f"{key} {'?' if share is None else f'{share:.0%}'}" for key, share in idle.items())
+        )
+        load_before = os.getloadavg()[0]
+        try:
+            asyncio.run(_measure_in_turns(servers, args, blocks))
+        finally:
+            for server in servers:
+                key = server.spec.key
+                levels = tuple(LevelResult.combined(parts) for parts in blocks[key].values())
+                if levels:
+                    spec = server.spec
+                    runs.append(ServerRun(key, spec.label, spec.token_note, levels, startups[key], load_before))
+    return round_ratios(blocks)
+
+
 def render(runs: Sequence[ServerRun], notes: Sequence[str], args: argparse.Namespace) -> str:
     per_level = ", ".join(f"c={c}: {requests_for(c, args)}" for c in args.concurrency)
+    order = (
+        "servers one after another"
+        if args.rounds == 1
+        else f"servers all running, each level in up to {args.rounds} rounds of blocks that the servers take in turn"
+    )
     parts = [
         f"Model SmolLM2-135M-Instruct, {args.max_tokens} new tokens per request, greedy, "
-        f"{len(PROMPTS)} prompts in turn, closed-loop clients, one warm-up request per level; "
+        f"{len(PROMPTS)} prompts in turn, closed-loop clients, one warm-up request per level, {order}; "
         f"measured requests per level: {per_level}.",
         "",
         table(runs) if runs else "(no server produced results)",
@@ -182,9 +294,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes += skipped
 
     runs: list[ServerRun] = []
+    per_round: list[str] = []
     interrupted = False
     try:
-        for spec in specs:
+        if args.rounds > 1:
+            per_round = _run_in_turns(specs, args, log_dir, runs, notes)
+        for spec in specs if args.rounds == 1 else []:
             try:
                 _run_server(spec, args, log_dir, runs)
             except BenchError as exc:
@@ -194,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         interrupted = True
         notes.append("interrupted: results are partial")
 
-    body = render(runs, notes, args)
+    body = render(runs, [*notes, *per_round], args)
     print(body, end="")
     if args.output is not None:
         document = "\n".join(["# LLM server benchmark", "", "Machine:", *machine_description(), "", body])

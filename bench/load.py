@@ -59,6 +59,16 @@ class LevelResult:
     def requests_per_s(self) -> float:
         return len(self.ok) / self.wall_time if self.wall_time > 0 else 0.0
 
+    @classmethod
+    def combined(cls, blocks: Sequence[LevelResult]) -> LevelResult:
+        """Blocks of one level measured at different times, as one level: their requests and their wall times summed."""
+        return cls(
+            concurrency=blocks[0].concurrency,
+            requests=sum(block.requests for block in blocks),
+            wall_time=sum(block.wall_time for block in blocks),
+            results=tuple(result for block in blocks for result in block.results),
+        )
+
 
 @dataclass(frozen=True)
 class SseEvent:
@@ -236,10 +246,12 @@ async def run_level(
     max_tokens: int,
     request_timeout: float,
     level_timeout: float,
+    warm_up: bool = True,
+    first_prompt: int = 0,
 ) -> LevelResult:
-    """One warm-up request, then `requests` requests from `concurrency` closed-loop clients.
+    """One warm-up request (unless `warm_up` is false), then `requests` requests from `concurrency` closed-loop clients.
 
-    Request i always gets prompts[i % len(prompts)], so every server sees the same sequence. The level
+    Request i always gets prompts[(first_prompt + i) % len(prompts)], so every server sees the same sequence. The level
     ends when all requests are answered or after `level_timeout` seconds; requests cut off by that limit
     count as errors.
     """
@@ -247,8 +259,9 @@ async def run_level(
     limits = httpx.Limits(max_connections=concurrency + 2, max_keepalive_connections=concurrency + 2)
     # trust_env=False: proxy variables set for the package registries must never reroute loopback traffic.
     async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits, trust_env=False) as client:
-        # A failed warm-up is not fatal: the measured requests then show the server's state as errors.
-        await api.send(client, WARMUP_PROMPT, max_tokens)
+        if warm_up:
+            # A failed warm-up is not fatal: the measured requests then show the server's state as errors.
+            await api.send(client, WARMUP_PROMPT, max_tokens)
 
         results: list[RequestResult] = []
         issued = 0
@@ -263,7 +276,7 @@ async def run_level(
 
         async def client_loop() -> None:
             while (index := take()) is not None:
-                results.append(await api.send(client, prompts[index % len(prompts)], max_tokens))
+                results.append(await api.send(client, prompts[(first_prompt + index) % len(prompts)], max_tokens))
 
         started = time.perf_counter()
         tasks = [asyncio.create_task(client_loop()) for _ in range(min(concurrency, requests))]

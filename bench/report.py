@@ -6,8 +6,9 @@ import datetime
 import importlib.metadata
 import os
 import platform
+import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,30 @@ def ratios(runs: Sequence[ServerRun]) -> list[str]:
             else:
                 parts.append(f"c={level.concurrency} {mine / level.tokens_per_s:.2f}x")
         lines.append(f"- {reference.label} vs {run.label}: " + ", ".join(parts))
+    return lines
+
+
+def round_ratios(blocks: Mapping[str, Mapping[int, Sequence[LevelResult]]]) -> list[str]:
+    """Per level and peer, the median and range of ours/peer over the rounds both measured (servers in turns)."""
+    reference = blocks.get(REFERENCE_KEY)
+    if not reference:
+        return []
+    lines = []
+    for key, levels in blocks.items():
+        if key == REFERENCE_KEY:
+            continue
+        for concurrency, theirs in levels.items():
+            ours = reference.get(concurrency, [])
+            pairs = [
+                mine.tokens_per_s / other.tokens_per_s
+                for mine, other in zip(ours, theirs, strict=False)
+                if other.tokens_per_s > 0
+            ]
+            if len(pairs) > 1:
+                lines.append(
+                    f"ours vs {key} at c={concurrency}, round by round: median {statistics.median(pairs):.2f}x, "
+                    f"{min(pairs):.2f}x to {max(pairs):.2f}x over {len(pairs)} rounds"
+                )
     return lines
 
 

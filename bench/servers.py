@@ -268,6 +268,17 @@ class ServerProcess:
     ) -> None:
         self.stop()
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the server's process has used so far (all its threads), from /proc; None where unreadable."""
+        if self._process is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self._process.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return None
+        # utime and stime: fields 14 and 15 of stat(5), counted after the parenthesised command name.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self, lines: int = 15) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
