@@ -120,21 +120,36 @@ def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+async def _load(
+    server: ServerProcess,
+    args: argparse.Namespace,
+    concurrency: int,
+    requests: int,
+    *,
+    warm_up: bool = True,
+    first_prompt: int = 0,
+) -> LevelResult:
+    """`requests` requests at `concurrency` against one server, with the run's token and time limits."""
+    return await run_level(
+        server.spec.api,
+        server.base_url,
+        PROMPTS,
+        concurrency=concurrency,
+        requests=requests,
+        max_tokens=args.max_tokens,
+        request_timeout=args.request_timeout,
+        level_timeout=args.level_timeout,
+        warm_up=warm_up,
+        first_prompt=first_prompt,
+    )
+
+
 async def _measure(server: ServerProcess, args: argparse.Namespace, levels: list[LevelResult]) -> None:
     # Levels are appended as they finish, so that an interrupted run still reports the completed ones.
     for concurrency in args.concurrency:
         requests = requests_for(concurrency, args)
         _progress(f"[{server.spec.key}] concurrency {concurrency}: warm-up + {requests} requests")
-        level = await run_level(
-            server.spec.api,
-            server.base_url,
-            PROMPTS,
-            concurrency=concurrency,
-            requests=requests,
-            max_tokens=args.max_tokens,
-            request_timeout=args.request_timeout,
-            level_timeout=args.level_timeout,
-        )
+        level = await _load(server, args, concurrency, requests)
         _progress(
             f"[{server.spec.key}] concurrency {concurrency}: {level.tokens_per_s:.1f} tok/s, "
             f"{level.errors} errors, {level.wall_time:.1f} s"
@@ -170,18 +185,7 @@ async def _measure_in_turns(
         for index, size in enumerate(sizes):
             order = servers[index % len(servers) :] + servers[: index % len(servers)]
             for server in order:
-                level = await run_level(
-                    server.spec.api,
-                    server.base_url,
-                    PROMPTS,
-                    concurrency=concurrency,
-                    requests=size,
-                    max_tokens=args.max_tokens,
-                    request_timeout=args.request_timeout,
-                    level_timeout=args.level_timeout,
-                    warm_up=index == 0,
-                    first_prompt=sent,
-                )
+                level = await _load(server, args, concurrency, size, warm_up=index == 0, first_prompt=sent)
                 _progress(
                     f"[{server.spec.key}] concurrency {concurrency}, round {index + 1}/{len(sizes)}: "
                     f"{level.tokens_per_s:.1f} tok/s, {level.errors} errors"
