@@ -157,12 +157,23 @@ async def _measure(server: ServerProcess, args: argparse.Namespace, levels: list
         levels.append(level)
 
 
+def _ready(server: ServerProcess, args: argparse.Namespace) -> float:
+    """Seconds the started server took to become ready; raises BenchError if it did not."""
+    _progress(f"[{server.spec.key}] starting on {server.base_url} (log {server.log_path})")
+    startup = server.wait_ready(args.startup_timeout)
+    _progress(f"[{server.spec.key}] ready after {startup:.1f} s")
+    return startup
+
+
+def _not_measured(spec: ServerSpec, exc: BenchError) -> str:
+    _progress(str(exc))
+    return f"{spec.key}: not measured, {str(exc).splitlines()[0]}"
+
+
 def _run_server(spec: ServerSpec, args: argparse.Namespace, log_dir: Path, runs: list[ServerRun]) -> None:
     levels: list[LevelResult] = []
     with ServerProcess(spec, log_dir / f"{spec.key}.log") as server:
-        _progress(f"[{spec.key}] starting on {server.base_url} (log {server.log_path})")
-        startup = server.wait_ready(args.startup_timeout)
-        _progress(f"[{spec.key}] ready after {startup:.1f} s")
+        startup = _ready(server, args)
         load_before = os.getloadavg()[0]
         try:
             asyncio.run(_measure(server, args, levels))
@@ -207,27 +218,24 @@ def _idle_cpu(servers: list[ServerProcess], seconds: float = 3.0) -> dict[str, f
 
 def _run_in_turns(
     specs: list[ServerSpec], args: argparse.Namespace, log_dir: Path, runs: list[ServerRun], notes: list[str]
-) -> list[str]:
-    """Start every server, then measure them in turns; returns the per-round ratio notes."""
+) -> None:
+    """Start every server, then measure them in turns; the per-round ratios go into `notes`."""
     blocks: dict[str, dict[int, list[LevelResult]]] = {}
     with contextlib.ExitStack() as stack:
         servers: list[ServerProcess] = []
         startups: dict[str, float] = {}
         for spec in specs:
             server = stack.enter_context(ServerProcess(spec, log_dir / f"{spec.key}.log"))
-            _progress(f"[{spec.key}] starting on {server.base_url} (log {server.log_path})")
             try:
-                startups[spec.key] = server.wait_ready(args.startup_timeout)
+                startups[spec.key] = _ready(server, args)
             except BenchError as exc:
-                _progress(str(exc))
-                notes.append(f"{spec.key}: not measured, {str(exc).splitlines()[0]}")
+                notes.append(_not_measured(spec, exc))
                 server.stop()
                 continue
-            _progress(f"[{spec.key}] ready after {startups[spec.key]:.1f} s")
             servers.append(server)
             blocks[spec.key] = {}
         if not servers:
-            return []
+            return
         idle = _idle_cpu(servers)
         notes.append(
             "servers measured in turns, all running; idle CPU of each while waiting: "
@@ -243,7 +251,8 @@ def _run_in_turns(
                 if levels:
                     spec = server.spec
                     runs.append(ServerRun(key, spec.label, spec.token_note, levels, startups[key], load_before))
-    return round_ratios(blocks)
+            # Also when interrupted: the rounds completed so far still pair up.
+            notes.extend(round_ratios(blocks))
 
 
 def render(runs: Sequence[ServerRun], notes: Sequence[str], args: argparse.Namespace) -> str:
@@ -298,22 +307,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes += skipped
 
     runs: list[ServerRun] = []
-    per_round: list[str] = []
     interrupted = False
     try:
         if args.rounds > 1:
-            per_round = _run_in_turns(specs, args, log_dir, runs, notes)
-        for spec in specs if args.rounds == 1 else []:
-            try:
-                _run_server(spec, args, log_dir, runs)
-            except BenchError as exc:
-                _progress(str(exc))
-                notes.append(f"{spec.key}: not measured, {str(exc).splitlines()[0]}")
+            _run_in_turns(specs, args, log_dir, runs, notes)
+        else:
+            for spec in specs:
+                try:
+                    _run_server(spec, args, log_dir, runs)
+                except BenchError as exc:
+                    notes.append(_not_measured(spec, exc))
     except KeyboardInterrupt:
         interrupted = True
         notes.append("interrupted: results are partial")
 
-    body = render(runs, [*notes, *per_round], args)
+    body = render(runs, notes, args)
     print(body, end="")
     if args.output is not None:
         document = "\n".join(["# LLM server benchmark", "", "Machine:", *machine_description(), "", body])
