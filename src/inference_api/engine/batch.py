@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from inference_api.engine.kv import slab_cache
+from inference_api.engine.kv import cache_keyword, slab_cache
 from inference_api.engine.runner import Sequence, advance
 from inference_api.engine.sampling import choose_next
 from inference_api.engine.types import GenerationRequest
@@ -81,8 +81,8 @@ class DecodeBatch:
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
+                **{cache_keyword(base.model): cache},
                 logits_to_keep=1,
             )
         self._join(cache, mask, torch.tensor([len(p) for p in prompts], device=device), sequences)
@@ -101,8 +101,8 @@ class DecodeBatch:
             with torch.inference_mode():
                 self.model.base.model(
                     input_ids=torch.tensor([key], device=self.model.base.device),
-                    past_key_values=cache,
                     use_cache=True,
+                    **{cache_keyword(self.model.base.model): cache},
                     logits_to_keep=1,
                 )
             # Contiguous copies: a view would keep the whole fused q/k/v output of the prefix alive.
@@ -130,8 +130,8 @@ class DecodeBatch:
                     input_ids=tokens,
                     attention_mask=self._mask,
                     position_ids=self._positions[:, None],
-                    past_key_values=self._cache,
                     use_cache=True,
+                    **{cache_keyword(base.model): self._cache},
                 ).logits[:, -1]
         self._positions = self._positions + 1
         return self._choose(self.sequences, logits)

@@ -7,6 +7,8 @@ attention a view of the filled part.
 
 from __future__ import annotations
 
+import inspect
+from functools import cache
 from typing import Any
 
 import torch
@@ -63,3 +65,16 @@ def slab_cache(config: Any) -> DynamicCache:
     cache = DynamicCache(config=config)
     cache.layers = [SlabLayer() for _ in cache.layers]
     return cache
+
+
+def cache_keyword(model: Any) -> str:
+    """The name under which the model's forward takes a KV cache: transformers 5.24 renamed `past_key_values`
+    to `cache` and warns on the old name (removal announced for 5.40), while earlier 5.x know only the old one.
+    A PEFT wrapper forwards **kwargs, so the wrapped model's own signature decides."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_cache_keyword(type(inner))
+
+
+@cache
+def _forward_cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
