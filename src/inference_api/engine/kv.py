@@ -72,9 +72,9 @@ def cache_keyword(model: Any) -> str:
     to `cache` and warns on the old name (removal announced for 5.40), while earlier 5.x know only the old one.
     A PEFT wrapper forwards **kwargs, so the wrapped model's own signature decides."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _forward_cache_keyword(type(inner))
+    return _forward_cache_keyword(type(inner).forward)
 
 
 @cache
-def _forward_cache_keyword(model_class: type) -> str:
-    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+def _forward_cache_keyword(forward: Any) -> str:
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
