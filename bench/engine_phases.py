@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from typing import Any
 from bench.prompts import PROMPTS
 from inference_api.engine.batch import DecodeBatch
 from inference_api.engine.types import GenerationRequest, SamplingParams
-from inference_api.services import build_services
+from inference_api.observability.metrics import Metrics
+from inference_api.services import Services, open_services
 from inference_api.settings import load_settings
 
 
@@ -47,42 +49,42 @@ class StepClock:
 
 async def run(data_dir: Path, phases: list[int], requests: int, max_new_tokens: int) -> None:
     settings = load_settings(data_dir=data_dir, log_level="WARNING")
-    services = await build_services(settings)
+    async with contextlib.AsyncExitStack() as stack:
+        services = await open_services(settings, Metrics(), stack, warm_up=True)
+        await measure(services, phases, requests, max_new_tokens)
+
+
+async def measure(services: Services, phases: list[int], requests: int, max_new_tokens: int) -> None:
     engine = services.engine
-    await engine.start(warm_up=True)
     # The engine exposes readiness as a flag (what /ready reports), not as an event: poll it.
     while not engine.ready:  # noqa: ASYNC110
         await asyncio.sleep(0.2)
     ref = engine.registry.default
     clock = StepClock()
-    try:
-        for concurrency in phases:
-            clock.reset()
-            sent, tokens = 0, 0
+    for concurrency in phases:
+        clock.reset()
+        sent, tokens = 0, 0
 
-            async def client() -> None:
-                nonlocal sent, tokens
-                while sent < requests:
-                    prompt = PROMPTS[sent % len(PROMPTS)]
-                    sent += 1
-                    encoded = services.encoder.encode_chat(ref.base, [{"role": "user", "content": prompt}])
-                    request = GenerationRequest(ref, encoded.ids, SamplingParams(max_new_tokens=max_new_tokens))
-                    completion = await engine.generate(request)  # awaited first: `tokens` is shared
-                    tokens += completion.tokens_generated
+        async def client() -> None:
+            nonlocal sent, tokens
+            while sent < requests:
+                prompt = PROMPTS[sent % len(PROMPTS)]
+                sent += 1
+                encoded = services.encoder.encode_chat(ref.base, [{"role": "user", "content": prompt}])
+                request = GenerationRequest(ref, encoded.ids, SamplingParams(max_new_tokens=max_new_tokens))
+                completion = await engine.generate(request)  # awaited first: `tokens` is shared
+                tokens += completion.tokens_generated
 
-            started = time.perf_counter()
-            await asyncio.gather(*[client() for _ in range(concurrency)])
-            seconds = time.perf_counter() - started
-            step_ms = clock.seconds / max(1, clock.steps) * 1000
-            decoding = clock.seconds / seconds * 100
-            print(
-                f"c={concurrency}: {tokens} tokens in {seconds:.1f} s ({tokens / seconds:.1f} tok/s); "
-                f"{clock.steps} decode steps of {step_ms:.1f} ms ({decoding:.0f}% of the time)",
-                flush=True,
-            )
-    finally:
-        await engine.stop()
-        await services.sessions.close()
+        started = time.perf_counter()
+        await asyncio.gather(*[client() for _ in range(concurrency)])
+        seconds = time.perf_counter() - started
+        step_ms = clock.seconds / max(1, clock.steps) * 1000
+        decoding = clock.seconds / seconds * 100
+        print(
+            f"c={concurrency}: {tokens} tokens in {seconds:.1f} s ({tokens / seconds:.1f} tok/s); "
+            f"{clock.steps} decode steps of {step_ms:.1f} ms ({decoding:.0f}% of the time)",
+            flush=True,
+        )
 
 
 def main(argv: Any = None) -> None:

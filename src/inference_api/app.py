@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
@@ -15,10 +15,10 @@ from inference_api.api.security_headers import install_browser_policy
 from inference_api.auth.api_router import router as auth_router
 from inference_api.chat.api_router import router as chat_router
 from inference_api.documents.api_router import router as documents_router
-from inference_api.documents.api_router import upload_body_limit
+from inference_api.documents.upload import upload_body_limit
 from inference_api.health.api_router import router as health_router
 from inference_api.inference.api_router import router as inference_router
-from inference_api.models.api_router import router as models_router
+from inference_api.model_management.api_router import router as models_router
 from inference_api.observability.api_router import metrics_router
 from inference_api.observability.api_router import router as observability_router
 from inference_api.observability.http import ObservabilityMiddleware
@@ -27,7 +27,7 @@ from inference_api.openai_api.api_router import router as openai_router
 from inference_api.quotas.api_router import router as usage_router
 from inference_api.ratelimit.deps import RateLimitHeadersMiddleware, enforce_rate_limit
 from inference_api.redaction import log_redaction
-from inference_api.services import build_services
+from inference_api.services import open_services
 from inference_api.settings import Settings, load_settings
 
 
@@ -41,19 +41,10 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await build_services(settings, metrics)
-        app.state.services = services
-        await services.engine.start(warm_up=warm_up)
-        services.maintenance.start()
-        try:
+        async with AsyncExitStack() as stack:
+            # The app's typed state: each feature's dependencies read it (api/state.py).
+            app.state.services = await open_services(settings, metrics, stack, warm_up=warm_up)
             yield
-        finally:
-            await services.maintenance.stop()
-            await services.engine.stop(drain_timeout=settings.drain_timeout)
-            await services.sessions.close()
-            await services.quotas.close()
-            services.documents.close()
-            metrics.close()
 
     app = FastAPI(
         title="inference-api",

@@ -1,68 +1,45 @@
-"""The services the app is made of, built once at start-up by the lifespan and torn down after it."""
+"""The services the app is made of: opened once by the lifespan, each closed by it in the reverse order.
+
+`Services` is the app's typed state. Each feature reads it through a Protocol of its own (`chat.deps.ChatState`,
+...) and never imports this module; `_serves_every_feature` has mypy check that it satisfies them all.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from inference_api.api.state import SettingsState
+from inference_api.auth.deps import AuthState
 from inference_api.auth.keys import ApiKeyStore, build_key_store
 from inference_api.auth.service import Authenticator
 from inference_api.auth.tokens import build_token_service
+from inference_api.chat.deps import ChatState
 from inference_api.chat.store import SessionStore, open_session_store
-from inference_api.documents.service import DocumentService
-from inference_api.documents.types import SearchHit
+from inference_api.documents.deps import DocumentsState
+from inference_api.documents.grounding import Grounding
+from inference_api.documents.lazy import LazyDocuments
 from inference_api.engine.service import Engine
-from inference_api.grounding import Grounding
+from inference_api.generation.deps import GenerationState
+from inference_api.health.deps import HealthState
 from inference_api.maintenance import Maintenance
 from inference_api.modeling import builtin
 from inference_api.modeling.conversion import is_prepared
 from inference_api.modeling.loader import resolve_precision, worker_devices
 from inference_api.modeling.prompt import PromptEncoder
 from inference_api.modeling.registry import ModelRef, ModelRegistry
+from inference_api.observability.deps import ObservabilityState
 from inference_api.observability.memory import MemoryMonitor, read_device_memory, retry_after
 from inference_api.observability.metrics import Metrics
+from inference_api.quotas.deps import QuotasState
 from inference_api.quotas.service import TokenQuotas
+from inference_api.ratelimit.deps import RateLimitState
 from inference_api.ratelimit.service import RateLimiter
 from inference_api.settings import Settings, SettingsError
-from inference_api.torch_threads import in_passing_thread
 
 logger = logging.getLogger(__name__)
-
-
-class LazyDocuments:
-    """The document service, built on first use: loading the embedding model takes seconds, and a
-    server that never sees an upload should not pay for it at start-up."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._service: DocumentService | None = None
-        self._lock = asyncio.Lock()
-
-    @property
-    def loaded(self) -> DocumentService | None:
-        return self._service
-
-    async def get(self) -> DocumentService:
-        async with self._lock:
-            if self._service is None:
-                settings = self._settings
-                self._service = await in_passing_thread(
-                    DocumentService.build,
-                    data_dir=settings.data_dir / "chroma",
-                    device=settings.device,
-                    chroma_url=settings.chroma_url,
-                    max_upload_bytes=int(settings.max_upload_mb * 1024 * 1024),
-                )
-            return self._service
-
-    async def search(self, owner: str, query: str, k: int = 5) -> list[SearchHit]:
-        return await (await self.get()).search(owner, query, k)
-
-    def close(self) -> None:
-        if self._service is not None:
-            self._service.close()
 
 
 @dataclass
@@ -81,6 +58,35 @@ class Services:
     auth: Authenticator
     rate_limits: RateLimiter
     quotas: TokenQuotas
+
+    async def refresh_store_gauges(self) -> None:
+        """Sessions and chunks are counted in their stores when scraped; a store that cannot answer skips its gauge."""
+        try:
+            self.metrics.sessions(await self.sessions.count())
+        except Exception:
+            logger.warning("counting sessions for the metrics failed", exc_info=True)
+        documents = self.documents.loaded  # not built yet: nothing stored worth loading it for
+        if documents is not None:
+            try:
+                self.metrics.chunks(await documents.chunk_count())
+            except Exception:
+                logger.warning("counting document chunks for the metrics failed", exc_info=True)
+
+
+def _serves_every_feature(services: Services) -> tuple[object, ...]:
+    """Never called: mypy checks here that the app's state satisfies what each feature's dependencies read."""
+    features: tuple[
+        SettingsState,
+        AuthState,
+        RateLimitState,
+        QuotasState,
+        GenerationState,
+        ChatState,
+        DocumentsState,
+        HealthState,
+        ObservabilityState,
+    ] = (services,) * 9
+    return features
 
 
 def check_configuration(settings: Settings) -> tuple[ApiKeyStore, ModelRegistry]:
@@ -107,27 +113,35 @@ def check_configuration(settings: Settings) -> tuple[ApiKeyStore, ModelRegistry]
     return keys, registry
 
 
-async def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
+async def open_services(settings: Settings, metrics: Metrics, stack: AsyncExitStack, *, warm_up: bool) -> Services:
+    """Open every service, each registered on `stack` as it opens: closing the stack tears down in the reverse
+    order (maintenance stops, the engine drains, then the stores close), and a start that fails half-way closes
+    just what it had opened."""
     keys, registry = check_configuration(settings)
-    metrics = metrics or Metrics(
-        default_model=(registry.default.base, registry.default.version), queue_capacity=settings.max_queue
-    )
+    stack.callback(metrics.close)
     auth = Authenticator(keys, build_token_service(settings, keys))
     encoder = PromptEncoder(registry, settings.data_dir)
-    engine = Engine.build(settings, registry, encoder, metrics)
+    documents = LazyDocuments(settings)
+    stack.callback(documents.close)
+    quotas = TokenQuotas.build(settings, keys)
+    stack.push_async_callback(quotas.close)
+    quotas.on_reject.append(metrics.quota_exceeded)
+    quotas.on_settle.append(metrics.key_charged)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     sessions = await open_session_store(settings.data_dir, settings.redis_url)
-    documents = LazyDocuments(settings)
+    stack.push_async_callback(sessions.close)
+    engine = Engine.build(settings, registry, encoder, metrics)
+    engine.budget = quotas
     grounding = Grounding(documents, k=settings.rag_top_k, min_score=settings.rag_min_score)
     maintenance = Maintenance()
     schedule_jobs(maintenance, settings, sessions, documents)
     memory = watch_memory(maintenance, settings, engine, metrics)
-    quotas = TokenQuotas.build(settings, keys)
-    engine.budget = quotas
-    quotas.on_reject.append(metrics.quota_exceeded)
-    quotas.on_settle.append(metrics.key_charged)
     rate_limits = RateLimiter(settings, keys)
     rate_limits.on_reject.append(metrics.rate_limited)
+    await engine.start(warm_up=warm_up)
+    stack.push_async_callback(engine.stop, drain_timeout=settings.drain_timeout)
+    maintenance.start()
+    stack.push_async_callback(maintenance.stop)
     return Services(
         settings=settings,
         keys=keys,

@@ -155,6 +155,11 @@ class Settings(BaseSettings):
     def registry_path(self) -> Path:
         return self.model_registry or self.data_dir / "models.yaml"
 
+    @property
+    def max_upload_bytes(self) -> int:
+        """The upload cap in bytes (MAX_UPLOAD_MB): the one number every upload check uses."""
+        return int(self.max_upload_mb * 1024 * 1024)
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from inference_api.chat.locks import KeyedLocks
+from inference_api.keyed_locks import KeyedLocks
 
 
 async def test_keyed_locks_queue_in_order_and_are_dropped_when_unused() -> None:

@@ -14,7 +14,6 @@ from chromadb.api import ClientAPI
 from chromadb.config import Settings
 
 from inference_api.documents import DocumentService, Embedder, read_limited
-from inference_api.documents.service import check_declared_size
 from inference_api.errors import ErrorCode, ServiceError
 from tests.documents.samples import EXE, FACT, QUERY, distractors, make_docx, make_pdf, sample, text_pages
 
@@ -223,15 +222,6 @@ async def test_read_limited_stops_at_the_cap() -> None:
     with pytest.raises(ServiceError):
         await read_limited(big, 4096, read_size=1024)
     assert big.position <= 5 * 1024
-
-
-def test_declared_size() -> None:
-    check_declared_size(None, 10)
-    check_declared_size("10", 10)
-    check_declared_size("bogus", 10)
-    with pytest.raises(ServiceError) as caught:
-        check_declared_size("11", 10)
-    assert caught.value.code is ErrorCode.PAYLOAD_TOO_LARGE
 
 
 async def test_documents_persist_across_services(make_service: DocumentServiceFactory, tmp_path: Path) -> None:

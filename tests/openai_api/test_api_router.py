@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from inference_api.grounding import NOTHING_FOUND
+from inference_api.documents.grounding import NOTHING_FOUND
 from tests.conftest import ADMIN_KEY, DOCS_KEY, USER_KEY, auth
 from tests.documents.samples import sample
 from tests.openai_api.conftest import sdk

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from inference_api.api.deps import ServicesDep
-from inference_api.auth.deps import CallerDep
+from inference_api.auth.deps import AuthenticatorDep, CallerDep
 from inference_api.auth.protocol import TokenRequest, TokenResponse
 from inference_api.errors import ErrorCode, ServiceError
 
@@ -13,7 +12,7 @@ router = APIRouter(tags=["auth"])
 
 
 @router.post("/auth/token", response_model=TokenResponse)
-async def issue_token(caller: CallerDep, services: ServicesDep, body: TokenRequest | None = None) -> TokenResponse:
+async def issue_token(caller: CallerDep, auth: AuthenticatorDep, body: TokenRequest | None = None) -> TokenResponse:
     """Exchange an API key for a short-lived JWT carrying the key's scopes (or the subset asked for)."""
     if caller.credential != "api_key":
         # A token minting tokens would outlive its own expiry; only the key itself can ask.
@@ -24,5 +23,5 @@ async def issue_token(caller: CallerDep, services: ServicesDep, body: TokenReque
         if extra:
             raise ServiceError(ErrorCode.FORBIDDEN, f"the key {caller.name!r} lacks the scopes {extra}")
         scopes = frozenset(body.scopes)
-    issued = services.auth.tokens.issue(caller, scopes)
+    issued = auth.tokens.issue(caller, scopes)
     return TokenResponse(access_token=issued.token, expires_in=issued.expires_in, scopes=issued.scopes)

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol, cast
 
 from fastapi import Depends, Request
 
-from inference_api.api.deps import ServicesDep
+from inference_api.api.state import SettingsDep, app_state
 from inference_api.auth.keys import Principal
+from inference_api.auth.service import Authenticator
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.settings import Scope
+
+
+class AuthState(Protocol):
+    auth: Authenticator
+
+
+def get_authenticator(request: Request) -> Authenticator:
+    return cast(AuthState, app_state(request)).auth
+
+
+AuthenticatorDep = Annotated[Authenticator, Depends(get_authenticator)]
 
 
 def presented_credential(request: Request, header: str) -> str | None:
@@ -33,15 +45,15 @@ class Identity:
     refusal: ServiceError | None
 
 
-async def identify(request: Request, services: ServicesDep) -> Identity:
+async def identify(request: Request, settings: SettingsDep, auth: AuthenticatorDep) -> Identity:
     """Checked once per request (FastAPI caches it): rate limits key on it, and so does `authenticate`."""
-    header = services.settings.api_key_header
+    header = settings.api_key_header
     credential = presented_credential(request, header)
     if credential is None:
         missing = f"missing credentials: send the {header} header or Authorization: Bearer"
         return Identity(None, ServiceError(ErrorCode.UNAUTHORIZED, missing))
     try:
-        return Identity(services.auth.authenticate(credential), None)
+        return Identity(auth.authenticate(credential), None)
     except ServiceError as exc:
         return Identity(None, exc)
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from inference_api.api.deps import EngineDep, GroundingDep, SessionsDep, SettingsDep
 from inference_api.api.disconnect import cancel_on_disconnect
 from inference_api.api.errors import request_id_of
+from inference_api.api.sse import event_stream
 from inference_api.auth.deps import ChatCallerDep
+from inference_api.chat.deps import ChatDep, SessionsDep
 from inference_api.chat.protocol import (
     BranchRequest,
     ChatMessage,
@@ -24,17 +24,9 @@ from inference_api.chat.protocol import (
     StartRequest,
     StartResponse,
 )
-from inference_api.chat.serving import ChatService
 from inference_api.chat.types import Session
 
 router = APIRouter(prefix="/chat", tags=["chat"])
-
-
-def get_chat(engine: EngineDep, sessions: SessionsDep, grounding: GroundingDep, settings: SettingsDep) -> ChatService:
-    return ChatService(engine, sessions, grounding, summary_max_tokens=settings.summary_max_tokens)
-
-
-ChatDep = Annotated[ChatService, Depends(get_chat)]
 
 
 def view(session: Session) -> SessionView:
@@ -69,11 +61,7 @@ async def send_message(
         return await cancel_on_disconnect(request, chat.reply(caller.name, session_id, body, arrived))
     await sessions.get(caller.name, session_id)  # an unknown session is a 404, not an error event
     await chat.check_stream(caller.name, body)  # so is a spent token quota a 429
-    return StreamingResponse(
-        chat.reply_stream(caller.name, session_id, body, arrived, request_id_of(request)),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return event_stream(chat.reply_stream(caller.name, session_id, body, arrived, request_id_of(request)))
 
 
 @router.get("", response_model=SessionList)

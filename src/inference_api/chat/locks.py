@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from inference_api.errors import ErrorCode, ServiceError
+from inference_api.keyed_locks import KeyedLocks
 
 logger = logging.getLogger(__name__)
 
@@ -33,34 +33,6 @@ class Lease(Protocol):
 
     async def release(self) -> None:
         """Give the lease up; quiet when it was already lost."""
-
-
-@dataclass
-class _Entry:
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    users: int = 0
-
-
-class KeyedLocks:
-    """asyncio locks by key, each dropped once no task holds or waits for it (sessions come and go)."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, _Entry] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        entry = self._entries.setdefault(key, _Entry())
-        entry.users += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._entries[key]
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 @contextlib.asynccontextmanager

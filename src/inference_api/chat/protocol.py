@@ -7,7 +7,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from inference_api.chat.types import SESSION_ID_PATTERN, Message
-from inference_api.inference.protocol import SamplingFields, Source, not_blank
+from inference_api.documents.protocol import Source
+from inference_api.inference.protocol import GenerationOptions, not_blank
 
 
 class StartRequest(BaseModel):
@@ -22,7 +23,7 @@ class StartRequest(BaseModel):
     adapter_version: StrictStr | None = None
 
 
-class SendRequest(SamplingFields):
+class SendRequest(GenerationOptions):
     message: StrictStr = Field(min_length=1, max_length=200_000)
 
     _message_not_blank = field_validator("message")(not_blank)

@@ -24,7 +24,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.exceptions import LockError, LockNotOwnedError
 
-from inference_api.chat.locks import DEFAULT_LEASE_SECONDS, KeyedLocks, hold_session
+from inference_api.chat.locks import DEFAULT_LEASE_SECONDS, hold_session
 from inference_api.chat.types import (
     Message,
     Session,
@@ -35,6 +35,7 @@ from inference_api.chat.types import (
     new_session_id,
     session_not_found,
 )
+from inference_api.keyed_locks import KeyedLocks
 
 DEFAULT_PREFIX = "inference-api"
 

@@ -6,21 +6,19 @@ at once to one session are applied one after the other and neither turn is lost.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from inference_api.api.errors import error_body
+from inference_api.api.sse import sse
 from inference_api.chat.protocol import ChatMessage, ChatReply, SendRequest, StartRequest, StartResponse, Usage
 from inference_api.chat.store import SessionStore
 from inference_api.chat.types import Message, Session, SessionExistsError
-from inference_api.engine.service import Engine
-from inference_api.engine.types import Completion, GenerationRequest, SamplingParams, TextDelta
+from inference_api.documents.grounding import Grounds
+from inference_api.engine.types import Completion, SamplingParams, TextDelta
 from inference_api.errors import ServiceError
-from inference_api.grounding import NOTHING_FOUND, Grounding, grounded_system_prompt, sources_of
-from inference_api.inference.protocol import Source
-from inference_api.inference.serving import check_max_new_tokens, check_token_budget, default_within_limit, sse
+from inference_api.generation.limits import check_max_new_tokens, check_token_budget, default_within_limit
+from inference_api.generation.pipeline import GenerationPipeline, Job, figures
 from inference_api.modeling.prompt import EncodedPrompt
 from inference_api.modeling.prompt import Message as TemplateMessage
 from inference_api.modeling.registry import BASE_VERSION, ModelRef
@@ -34,20 +32,19 @@ _SUMMARY_ASK = (
 
 @dataclass
 class Turn:
-    """What a reply will be generated from (no request: nothing relevant in the caller's documents)."""
+    """What a reply will be generated from: the session as it was read (folded, maybe) and the job."""
 
     session: Session
     user: Message
-    request: GenerationRequest | None
-    sources: list[Source] | None
+    job: Job
     folded: int = 0
 
 
 class ChatService:
-    def __init__(self, engine: Engine, store: SessionStore, grounding: Grounding, *, summary_max_tokens: int) -> None:
-        self._engine = engine
+    def __init__(self, pipeline: GenerationPipeline, store: SessionStore, *, summary_max_tokens: int) -> None:
+        self._pipeline = pipeline
+        self._engine = pipeline.engine
         self._store = store
-        self._grounding = grounding
         self._summary_max_tokens = summary_max_tokens
 
     async def start(self, owner: str, body: StartRequest, arrived: float) -> StartResponse:
@@ -75,10 +72,8 @@ class ChatService:
         self._check(body)
         async with self._store.lock(owner, session_id, wait=self._engine.limits.request_timeout) as session:
             turn = await self._plan(owner, session, body, arrived)
-            if turn.request is None:
-                return await self._store_reply(owner, turn, NOTHING_FOUND, None, arrived)
-            completion = await self._engine.generate(turn.request)
-            return await self._store_reply(owner, turn, completion.text, completion, arrived)
+            completion = await self._pipeline.complete(turn.job)
+            return await self._store_reply(owner, turn, completion, arrived)
 
     async def reply_stream(
         self, owner: str, session_id: str, body: SendRequest, arrived: float, request_id: str | None
@@ -87,22 +82,13 @@ class ChatService:
         try:
             async with self._store.lock(owner, session_id, wait=self._engine.limits.request_timeout) as session:
                 turn = await self._plan(owner, session, body, arrived)
-                if turn.request is None:
-                    yield sse({"delta": NOTHING_FOUND})
-                    reply = await self._store_reply(owner, turn, NOTHING_FOUND, None, arrived)
-                    yield sse(reply.model_dump(mode="json", by_alias=True))
-                    return
-                await self._engine.submit(turn.request)
-                try:
-                    async for event in turn.request.events():
-                        if isinstance(event, TextDelta):
-                            yield sse({"delta": event.text})
-                        else:
-                            reply = await self._store_reply(owner, turn, event.text, event, arrived)
-                            yield sse(reply.model_dump(mode="json", by_alias=True))
-                finally:
-                    if not turn.request.finished:
-                        self._engine.cancel(turn.request)
+                await self._pipeline.submit(turn.job)
+                async for event in self._pipeline.events(turn.job):
+                    if isinstance(event, TextDelta):
+                        yield sse({"delta": event.text})
+                    else:
+                        reply = await self._store_reply(owner, turn, event, arrived)
+                        yield sse(reply.model_dump(mode="json", by_alias=True))
         except ServiceError as exc:
             yield sse(error_body(exc, request_id), event="error")
 
@@ -121,42 +107,38 @@ class ChatService:
             session.base_model or self._engine.registry.default.base, session.adapter_version or BASE_VERSION
         )
         self._engine.registry.resolve(ref)
-        user = Message(role="user", content=body.message)
-        hits = None
-        if body.use_documents:
-            hits = await self._grounding.find(owner, body.message)
-            if not hits:
-                return Turn(session, user, None, [])
-        system = grounded_system_prompt(hits, session.system_prompt) if hits else session.system_prompt
-        deadline = arrived + self._engine.limits.request_timeout
         folded = 0
-        while True:
-            encoded = await self._encode(ref, _conversation(session, system, body.message))
-            try:
-                check_token_budget(encoded, body.max_new_tokens, self._engine.limits.max_input_tokens)
-                break
-            except ServiceError:
-                if not session.messages:
-                    raise  # the new message alone does not fit: nothing to fold, and nothing is cut
-            session, count = await self._fold(owner, session, ref, deadline)
-            folded += count
-        # Sources make each grounded system block unique: nothing to share.
-        shared = 0 if hits else encoded.shared_prefix
-        request = GenerationRequest(
-            ref, encoded.ids, body.sampling(), deadline=deadline, owner=owner, shared_prefix=shared
-        )
-        return Turn(session, user, request, sources_of(hits) if hits is not None else None, folded)
 
-    async def _fold(self, owner: str, session: Session, ref: ModelRef, deadline: float) -> tuple[Session, int]:
+        async def encode(grounds: Grounds | None) -> EncodedPrompt:
+            """The conversation as it fits: while it does not, older messages are folded into the summary."""
+            nonlocal session, folded
+            system = grounds.system_prompt(session.system_prompt) if grounds else session.system_prompt
+            while True:
+                encoded = await self._encode(ref, _conversation(session, system, body.message))
+                try:
+                    check_token_budget(encoded, body.max_new_tokens, self._engine.limits.max_input_tokens)
+                    return encoded
+                except ServiceError:
+                    if not session.messages:
+                        raise  # the new message alone does not fit: nothing to fold, and nothing is cut
+                session, count = await self._fold(owner, session, ref, arrived)
+                folded += count
+
+        question = body.message if body.use_documents else None
+        job = await self._pipeline.job(ref, encode, body.sampling(), arrived, owner=owner, question=question)
+        return Turn(session, Message(role="user", content=body.message), job, folded)
+
+    async def _fold(self, owner: str, session: Session, ref: ModelRef, arrived: float) -> tuple[Session, int]:
         """Fold the older half of the kept messages (a whole turn at least) into the model's own summary."""
         count = min(len(session.messages), max(2, len(session.messages) // 2))
-        summary = await self._summarize(owner, ref, session.summary, session.messages[:count], deadline)
+        summary = await self._summarize(owner, ref, session.summary, session.messages[:count], arrived)
         return await self._store.fold(owner, session.id, summary=summary, folded=count), count
 
     async def _summarize(
-        self, owner: str, ref: ModelRef, earlier: str | None, messages: list[Message], deadline: float
+        self, owner: str, ref: ModelRef, earlier: str | None, messages: list[Message], arrived: float
     ) -> str:
-        """Rolling summary; messages that do not fit one prompt are summarized a part at a time."""
+        """Rolling summary; messages that do not fit one prompt are summarized a part at a time, all within the
+        turn's deadline (it counts from the turn's `arrived`)."""
         summary = earlier
         start = 0
         while start < len(messages):
@@ -173,37 +155,27 @@ class ChatService:
                     end = start + (end - start) // 2
             params = SamplingParams(max_new_tokens=self._summary_max_tokens)
             # Summaries are generated for the owner's conversation, so they count against the owner's budget.
-            request = GenerationRequest(
-                ref, encoded.ids, params, deadline=deadline, owner=owner, shared_prefix=encoded.shared_prefix
-            )
-            completion = await self._engine.generate(request)
+            job = self._pipeline.encoded_job(ref, encoded, params, arrived, owner=owner)
+            completion = await self._pipeline.complete(job)
             # A model that writes nothing must not make the folded turns vanish: keep a short transcript.
             summary = completion.text.strip() or _transcript(summary, messages[start:end])
             start = end
         return summary or ""
 
     async def _encode(self, ref: ModelRef, messages: list[TemplateMessage]) -> EncodedPrompt:
-        return await asyncio.to_thread(self._engine.encoder.encode_chat, ref.base, messages)
+        return await self._pipeline.encode_chat(ref, messages)
 
-    async def _store_reply(
-        self, owner: str, turn: Turn, text: str, completion: Completion | None, arrived: float
-    ) -> ChatReply:
-        usage = Usage(
-            prompt_tokens=completion.prompt_tokens if completion else 0,
-            tokens_generated=completion.tokens_generated if completion else 0,
-            finish_reason=completion.finish_reason if completion else "stop",
-            queue_time=round(completion.queue_time, 6) if completion else 0.0,
-            generation_time=round(completion.generation_time, 6) if completion else 0.0,
-            response_time=round(time.monotonic() - arrived, 6),
-        )
-        sources = [s.model_dump() for s in turn.sources] if turn.sources is not None else None
-        assistant = Message(role="assistant", content=text, sources=sources, usage=usage.model_dump())
+    async def _store_reply(self, owner: str, turn: Turn, completion: Completion, arrived: float) -> ChatReply:
+        usage = Usage(**figures(completion, arrived))
+        found = turn.job.sources
+        sources = [s.model_dump() for s in found] if found is not None else None
+        assistant = Message(role="assistant", content=completion.text, sources=sources, usage=usage.model_dump())
         await self._store.append(owner, turn.session.id, [turn.user, assistant])
         return ChatReply(
             session_id=turn.session.id,
             message=ChatMessage.of(assistant),
             usage=usage,
-            sources=turn.sources,
+            sources=found,
             summarized_turns=turn.folded,
         )
 

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from inference_api.chat.locks import DEFAULT_LEASE_SECONDS, KeyedLocks, hold_session
+from inference_api.chat.locks import DEFAULT_LEASE_SECONDS, hold_session
 from inference_api.chat.types import (
     Message,
     Session,
@@ -31,6 +31,7 @@ from inference_api.chat.types import (
     new_session_id,
     session_not_found,
 )
+from inference_api.keyed_locks import KeyedLocks
 
 T = TypeVar("T")
 

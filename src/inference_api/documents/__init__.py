@@ -1,14 +1,10 @@
-"""Documents for retrieval-augmented answers: parsing uploads, chunking, embedding, a Chroma store, and the service."""
+"""Documents for retrieval-augmented answers: uploads parsed, chunked, embedded and kept in a Chroma store, the
+service over them (built on first use), its repair, and grounding: chunks turned into a prompt's sources."""
 
 from inference_api.documents.chunking import Chunk, TokenChunker
 from inference_api.documents.embedding import Embedder, EmbeddingModelMissing
 from inference_api.documents.parsing import EXTENSIONS, DocumentParser, FileType, ParsedDocument, sanitize_filename
-from inference_api.documents.service import (
-    DEFAULT_MAX_UPLOAD_BYTES,
-    DocumentService,
-    check_declared_size,
-    read_limited,
-)
+from inference_api.documents.service import DEFAULT_MAX_UPLOAD_BYTES, DocumentService
 from inference_api.documents.store import ChromaStore
 from inference_api.documents.types import (
     DeleteResult,
@@ -18,6 +14,7 @@ from inference_api.documents.types import (
     IntegrityReport,
     SearchHit,
 )
+from inference_api.documents.upload import read_limited
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD_BYTES",
@@ -37,7 +34,6 @@ __all__ = [
     "ParsedDocument",
     "SearchHit",
     "TokenChunker",
-    "check_declared_size",
     "read_limited",
     "sanitize_filename",
 ]

@@ -7,11 +7,10 @@ from dataclasses import asdict
 from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
-from starlette.types import Message
 
-from inference_api.api.body_limit import BodyLimit
-from inference_api.api.deps import DocumentsDep, SettingsDep
+from inference_api.api.state import SettingsDep
 from inference_api.auth.deps import DocumentsCallerDep
+from inference_api.documents.deps import DocumentsDep
 from inference_api.documents.protocol import (
     DeleteResult,
     DocumentList,
@@ -21,15 +20,12 @@ from inference_api.documents.protocol import (
     SearchResults,
     UploadResult,
 )
-from inference_api.documents.service import check_declared_size, payload_too_large, read_limited
 from inference_api.documents.types import DocumentInfo
+from inference_api.documents.upload import read_limited
 from inference_api.errors import ServiceError
-from inference_api.settings import Settings
 
 router = APIRouter(tags=["documents"])
 
-# Room for the multipart envelope (boundaries, part headers) around a file of the maximum size.
-_ENVELOPE_BYTES = 64 * 1024
 _UPLOAD_SCHEMA = {
     "requestBody": {
         "required": True,
@@ -44,28 +40,6 @@ _UPLOAD_SCHEMA = {
         },
     }
 }
-
-
-def upload_body_limit(settings: Settings) -> BodyLimit:
-    """The cap of the app's body-size middleware on /upload: the file's cap plus its multipart envelope."""
-    cap = int(settings.max_upload_mb * 1024 * 1024)
-    return BodyLimit(cap + _ENVELOPE_BYTES, payload_too_large(cap).message)
-
-
-def capped(request: Request, limit: int) -> Request:
-    """The same request, but reading its body past `limit` bytes stops with 413 instead of going on."""
-    received = 0
-
-    async def receive() -> Message:
-        nonlocal received
-        message = await request.receive()
-        if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise payload_too_large(limit - _ENVELOPE_BYTES)
-        return message
-
-    return Request(request.scope, receive)
 
 
 def view(info: DocumentInfo) -> DocumentView:
@@ -83,19 +57,18 @@ async def upload(
     request: Request, caller: DocumentsCallerDep, documents: DocumentsDep, settings: SettingsDep
 ) -> UploadResult:
     """Upload a document (.pdf .txt .docx .html .htm .md .csv .eml) as multipart field `file`."""
-    cap = int(settings.max_upload_mb * 1024 * 1024)
-    check_declared_size(request.headers.get("content-length"), cap + _ENVELOPE_BYTES)
+    # The body was capped as it arrived (the app's body-size middleware); the file is read to its exact cap here.
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise _form_error("send multipart/form-data with the document in a field named 'file'")
     try:
-        form = await capped(request, cap + _ENVELOPE_BYTES).form(max_files=1, max_fields=8)
+        form = await request.form(max_files=1, max_fields=8)
     except MultiPartException as exc:
         raise _form_error(f"malformed multipart body ({exc.message})") from None
     file = form.get("file")
     if not isinstance(file, UploadFile):
         raise _form_error("a multipart field named 'file' holding the document is required")
     try:
-        data = await read_limited(file, cap)
+        data = await read_limited(file, settings.max_upload_bytes)
         service = await documents.get()
         result = await service.ingest(caller.name, file.filename or "upload", data)
     finally:

@@ -57,3 +57,13 @@ class SearchResult(BaseModel):
 
 class SearchResults(BaseModel):
     results: list[SearchResult]
+
+
+class Source(BaseModel):
+    """A document chunk an answer drew on; `[n]` markers in the answer count from 1 in this order."""
+
+    document_id: str
+    filename: str
+    chunk_index: int
+    score: float = Field(description="Cosine similarity of the chunk to the question (1 is identical).")
+    excerpt: str

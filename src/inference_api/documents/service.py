@@ -16,11 +16,9 @@ import hashlib
 import logging
 import re
 import time
-from collections import defaultdict
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -28,6 +26,7 @@ import torch
 from inference_api.documents.chunking import Chunk, TokenChunker
 from inference_api.documents.embedding import Embedder
 from inference_api.documents.parsing import DocumentParser, ParsedDocument, detect_file_type, sanitize_filename
+from inference_api.documents.repair import check_integrity, remove_duplicates
 from inference_api.documents.store import DEFAULT_NAME, ChromaStore
 from inference_api.documents.types import (
     DeleteResult,
@@ -36,9 +35,10 @@ from inference_api.documents.types import (
     IngestResult,
     IntegrityReport,
     SearchHit,
-    chunk_id,
 )
+from inference_api.documents.upload import payload_too_large
 from inference_api.errors import ErrorCode, ServiceError
+from inference_api.keyed_locks import KeyedLocks
 
 logger = logging.getLogger(__name__)
 
@@ -50,46 +50,6 @@ MAX_QUERY_CHARS = 4096
 # Orphan chunks younger than this may belong to an upload still writing; maintenance leaves them be.
 DEFAULT_ORPHAN_GRACE_SECONDS = 600.0
 _DOCUMENT_ID = re.compile(r"^[0-9a-f]{32}$")
-_READ_SIZE = 64 * 1024
-
-
-class AsyncReadable(Protocol):
-    """What an upload object offers (Starlette's UploadFile does)."""
-
-    async def read(self, size: int = -1) -> bytes: ...
-
-
-async def read_limited(
-    source: AsyncIterable[bytes] | AsyncReadable, max_bytes: int, *, read_size: int = _READ_SIZE
-) -> bytes:
-    """Read a whole upload, raising PAYLOAD_TOO_LARGE as soon as it passes `max_bytes` (the rest is never read)."""
-    buffer = bytearray()
-    async for piece in _pieces(source, read_size):
-        buffer += piece
-        if len(buffer) > max_bytes:
-            raise payload_too_large(max_bytes)
-    return bytes(buffer)
-
-
-def check_declared_size(content_length: str | None, max_bytes: int) -> None:
-    """Refuse an upload up front when its Content-Length already says it is over the cap."""
-    if content_length is not None and content_length.strip().isdigit() and int(content_length) > max_bytes:
-        raise payload_too_large(max_bytes)
-
-
-def payload_too_large(max_bytes: int) -> ServiceError:
-    return ServiceError(
-        ErrorCode.PAYLOAD_TOO_LARGE, f"the upload is larger than the {_size(max_bytes)} limit (MAX_UPLOAD_MB)"
-    )
-
-
-async def _pieces(source: AsyncIterable[bytes] | AsyncReadable, read_size: int) -> AsyncIterator[bytes]:
-    if isinstance(source, AsyncIterable):
-        async for piece in source:
-            yield piece
-        return
-    while piece := await source.read(read_size):
-        yield piece
 
 
 @dataclass(frozen=True)
@@ -127,8 +87,7 @@ class DocumentService:
         self.orphan_grace_seconds = orphan_grace_seconds
         self._clock = clock
         # Two uploads of the same document in this process queue instead of both doing the work.
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._waiters: defaultdict[str, int] = defaultdict(int)
+        self._locks = KeyedLocks()
 
     @classmethod
     def build(
@@ -169,7 +128,7 @@ class DocumentService:
         )
         content_hash = hashlib.sha256(data).hexdigest()
         document_id = document_id_for(owner, content_hash)
-        async with self._lock(document_id):
+        async with self._locks.hold(document_id):
             existing = await asyncio.to_thread(self.store.get_document, document_id)
             if existing is not None and existing.owner == owner:
                 logger.info("upload of document %s is a duplicate", document_id)
@@ -218,7 +177,7 @@ class DocumentService:
     async def delete(self, owner: str, document_id: str) -> DeleteResult:
         """Remove a document and every chunk of it."""
         _check_owner(owner)
-        async with self._lock(document_id):
+        async with self._locks.hold(document_id):
             info = await asyncio.to_thread(self._owned, owner, document_id)
             await asyncio.to_thread(self.store.delete_document, info)
         logger.info("deleted document %s (%d chunks)", document_id, info.chunks)
@@ -242,14 +201,21 @@ class DocumentService:
 
     async def remove_duplicate_chunks(self) -> DuplicateReport:
         """Remove documents stored twice by one owner (keeping the oldest) and chunks stored twice in a document."""
-        return await asyncio.to_thread(self._remove_duplicates)
+        return await asyncio.to_thread(remove_duplicates, self.store)
 
     async def check_integrity(self, *, repair: bool = False) -> IntegrityReport:
         """Check that every chunk has an embedding and a parent document, and every document all its chunks.
 
         With `repair`, orphan chunks older than the grace period are deleted.
         """
-        return await asyncio.to_thread(self._check_integrity, repair)
+        return await asyncio.to_thread(
+            check_integrity,
+            self.store,
+            dimensions=self.embedder.dimensions,
+            now=self._clock(),
+            grace_seconds=self.orphan_grace_seconds,
+            repair=repair,
+        )
 
     def _prepare(self, display: str, data: bytes) -> _Prepared:
         parsed = self.parser.parse(display, data)
@@ -268,105 +234,6 @@ class DocumentService:
             shown = document_id if len(document_id) <= 64 else document_id[:61] + "..."
             raise ServiceError(ErrorCode.DOCUMENT_NOT_FOUND, f"document {shown!r} not found")
         return info
-
-    def _remove_duplicates(self) -> DuplicateReport:
-        started = time.perf_counter()
-        documents = self.store.all_documents()
-        groups: defaultdict[tuple[str, str], builtins.list[DocumentInfo]] = defaultdict(builtins.list)
-        for info in documents:
-            groups[(info.owner, info.content_hash)].append(info)
-        documents_removed = chunks_removed = 0
-        for copies in groups.values():
-            # The oldest copy is the one its owner has had longest (and may have cited): it stays.
-            copies.sort(key=lambda d: (d.uploaded_at, d.document_id))
-            for extra in copies[1:]:
-                chunks_removed += len(self.store.document_chunk_ids(extra.document_id))
-                self.store.delete_document(extra)
-                documents_removed += 1
-        seen: dict[tuple[str, int], str] = {}
-        extra_chunks: builtins.list[str] = []
-        scanned = 0
-        for chunk in self.store.iter_chunks():
-            scanned += 1
-            parent, index = chunk.metadata.get("document_id"), chunk.metadata.get("chunk_index")
-            if not isinstance(parent, str) or not isinstance(index, int):
-                continue  # not written by this service: not ours to judge
-            key = (parent, index)
-            kept = seen.get(key)
-            if kept is None:
-                seen[key] = chunk.id
-            elif chunk.id == chunk_id(*key):
-                # Keep the copy under the id the service itself writes.
-                extra_chunks.append(kept)
-                seen[key] = chunk.id
-            else:
-                extra_chunks.append(chunk.id)
-        self.store.delete_chunks(extra_chunks)
-        chunks_removed += len(extra_chunks)
-        report = DuplicateReport(
-            documents_scanned=len(documents),
-            chunks_scanned=scanned,
-            documents_removed=documents_removed,
-            chunks_removed=chunks_removed,
-            seconds=time.perf_counter() - started,
-        )
-        if documents_removed or chunks_removed:
-            logger.warning("duplicate removal: %s", report)
-        return report
-
-    def _check_integrity(self, repair: bool) -> IntegrityReport:
-        started = time.perf_counter()
-        documents = {d.document_id: d for d in self.store.all_documents()}
-        dimensions = self.embedder.dimensions
-        now = self._clock()
-        counts: defaultdict[str, int] = defaultdict(int)
-        missing: builtins.list[str] = []
-        orphans: builtins.list[str] = []
-        pending = checked = 0
-        for chunk in self.store.iter_chunks(with_embeddings=True):
-            checked += 1
-            parent = str(chunk.metadata.get("document_id", ""))
-            vector = chunk.embedding
-            if vector is None or vector.shape != (dimensions,) or not np.isfinite(vector).all():
-                missing.append(chunk.id)
-            if parent in documents:
-                counts[parent] += 1
-            elif now - float(chunk.metadata.get("uploaded_at", 0.0)) < self.orphan_grace_seconds:
-                pending += 1
-            else:
-                orphans.append(chunk.id)
-        incomplete = [d for d in documents.values() if counts[d.document_id] != d.chunks]
-        removed = 0
-        if repair and orphans:
-            self.store.delete_chunks(orphans)
-            removed = len(orphans)
-        report = IntegrityReport(
-            documents_checked=len(documents),
-            chunks_checked=checked,
-            missing_embeddings=len(missing),
-            orphan_chunks=len(orphans),
-            pending_chunks=pending,
-            incomplete_documents=len(incomplete),
-            chunks_removed=removed,
-            seconds=time.perf_counter() - started,
-            examples=(missing + orphans + [d.document_id for d in incomplete])[:20],
-        )
-        if not report.ok:
-            logger.warning("vector store integrity: %s", report)
-        return report
-
-    @contextlib.asynccontextmanager
-    async def _lock(self, key: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        self._waiters[key] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._waiters[key] -= 1
-            if not self._waiters[key]:
-                del self._waiters[key]
-                del self._locks[key]
 
 
 def document_id_for(owner: str, content_hash: str) -> str:
@@ -392,8 +259,3 @@ def _result(info: DocumentInfo, *, duplicate: bool) -> IngestResult:
         content_hash=info.content_hash,
         pages=info.pages,
     )
-
-
-def _size(n: int) -> str:
-    mib = n / (1024 * 1024)
-    return f"{mib:g} MB" if mib >= 1 else f"{n} bytes"

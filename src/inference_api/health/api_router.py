@@ -10,11 +10,15 @@ import torch
 from fastapi import APIRouter
 
 from inference_api import __version__
-from inference_api.api.deps import EngineDep, ServicesDep
+from inference_api.api.state import SettingsDep
 from inference_api.auth.deps import CallerDep
+from inference_api.chat.deps import SessionsDep
 from inference_api.errors import ErrorCode, ServiceError
+from inference_api.generation.deps import EngineDep
+from inference_api.health.deps import MaintenanceDep
 from inference_api.health.protocol import CachedModelInfo, Health, Readiness, Status
 from inference_api.modeling.registry import ModelRef
+from inference_api.observability.memory import read_device_memory
 from inference_api.redaction import redact_url
 from inference_api.settings import Settings
 
@@ -38,7 +42,9 @@ async def ready(engine: EngineDep) -> Readiness:
 
 
 @router.get("/status", response_model=Status)
-async def status(_: CallerDep, engine: EngineDep, services: ServicesDep) -> Status:
+async def status(
+    _: CallerDep, engine: EngineDep, settings: SettingsDep, maintenance: MaintenanceDep, sessions: SessionsDep
+) -> Status:
     """Service state: models, queue, workers, memory."""
     snapshot = engine.snapshot()
     loaded = engine.loaded()
@@ -57,16 +63,16 @@ async def status(_: CallerDep, engine: EngineDep, services: ServicesDep) -> Stat
         status=engine.state,
         timestamp=time.time(),
         uptime_seconds=round(time.time() - engine.started_at, 3),
-        prometheus_available=services.settings.prometheus_enabled,
+        prometheus_available=settings.prometheus_enabled,
         cached_models=len(loaded),
         device=", ".join(w["device"] for w in snapshot["workers"]),
         cached_model_info=info,
         queue=snapshot["queue"],
         workers=snapshot["workers"],
         memory=memory_report(),
-        maintenance=services.maintenance.report(),
-        sessions=await services.sessions.count(),
-        backends=backends(services.settings),
+        maintenance=maintenance.report(),
+        sessions=await sessions.count(),
+        backends=backends(settings),
     )
 
 
@@ -86,13 +92,14 @@ def memory_report() -> dict[str, Any]:
     report["system_total_bytes"] = vm.total
     report["system_available_bytes"] = vm.available
     if torch.cuda.is_available():
+        devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
         report["cuda"] = [
             {
-                "device": f"cuda:{i}",
-                "allocated_bytes": torch.cuda.memory_allocated(i),
-                "reserved_bytes": torch.cuda.memory_reserved(i),
-                "total_bytes": torch.cuda.get_device_properties(i).total_memory,
+                "device": reading.device,
+                "allocated_bytes": reading.allocated,
+                "reserved_bytes": reading.reserved,
+                "total_bytes": reading.total,
             }
-            for i in range(torch.cuda.device_count())
+            for reading in read_device_memory(devices)
         ]
     return report

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
+from inference_api.documents.protocol import Source
 from inference_api.engine.types import SamplingParams
 
 StopString = Annotated[StrictStr, Field(min_length=1, max_length=64)]
@@ -18,8 +19,9 @@ def few_stops(value: list[str] | str | None) -> list[str] | str | None:
     return value
 
 
-class SamplingFields(BaseModel):
-    """How to generate: shared by /infer and chat messages."""
+class GenerationOptions(BaseModel):
+    """How to generate (sampling, the new-token budget) and answer (streamed, from the caller's documents):
+    shared by /infer and chat messages."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -59,7 +61,7 @@ def not_blank(value: str) -> str:
     return value
 
 
-class InferRequest(SamplingFields):
+class InferRequest(GenerationOptions):
     prompt: StrictStr = Field(min_length=1, max_length=200_000, description="The user's prompt.")
     base_model: StrictStr | None = Field(default=None, description="Base model; the default when absent.")
     adapter_version: StrictStr | None = Field(default=None, description="Adapter version of the base model.")
@@ -77,16 +79,6 @@ class InferMetadata(BaseModel):
     queue_time: float = Field(description="Seconds waiting for a worker.")
     generation_time: float = Field(description="Seconds from the worker taking it to the last token.")
     response_time: float = Field(description="Seconds from arrival to the answer.")
-
-
-class Source(BaseModel):
-    """A document chunk an answer drew on; `[n]` markers in the answer count from 1 in this order."""
-
-    document_id: str
-    filename: str
-    chunk_index: int
-    score: float = Field(description="Cosine similarity of the chunk to the question (1 is identical).")
-    excerpt: str
 
 
 class InferResponse(BaseModel):

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from inference_api.api.deps import EngineDep, MetricsDep, ServicesDep
 from inference_api.auth.deps import CallerDep
+from inference_api.generation.deps import EngineDep
+from inference_api.observability.deps import MetricsDep, ObservabilityDep
 from inference_api.observability.metrics import CONTENT_TYPE
 from inference_api.observability.protocol import ErrorStats
-from inference_api.services import Services
-
-logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["observability"])
 
@@ -31,25 +28,11 @@ def metrics_router(path: str) -> APIRouter:
     metrics = APIRouter(tags=["observability"])
 
     @metrics.get(path, include_in_schema=False)
-    async def export(services: ServicesDep) -> Response:
+    async def export(observability: ObservabilityDep) -> Response:
         """Prometheus text format."""
-        await refresh_store_gauges(services)
+        await observability.refresh_store_gauges()
         # Merging many processes' files reads from disk: off the event loop.
-        body = await asyncio.to_thread(services.metrics.exposition)
+        body = await asyncio.to_thread(observability.metrics.exposition)
         return Response(body, media_type=CONTENT_TYPE)
 
     return metrics
-
-
-async def refresh_store_gauges(services: Services) -> None:
-    """Sessions and chunks are counted in their stores when scraped; a store that cannot answer skips its gauge."""
-    try:
-        services.metrics.sessions(await services.sessions.count())
-    except Exception:
-        logger.warning("counting sessions for the metrics failed", exc_info=True)
-    documents = services.documents.loaded  # not built yet: nothing stored worth loading it for
-    if documents is not None:
-        try:
-            services.metrics.chunks(await documents.chunk_count())
-        except Exception:
-            logger.warning("counting document chunks for the metrics failed", exc_info=True)

@@ -11,10 +11,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from inference_api.api.deps import DocumentsDep, EngineDep, GroundingDep
 from inference_api.api.disconnect import cancel_on_disconnect
+from inference_api.api.sse import event_stream
 from inference_api.auth.deps import CallerDep, DocumentsCallerDep, InferCallerDep
-from inference_api.inference.serving import InferenceService
+from inference_api.documents.deps import DocumentsDep
+from inference_api.generation.deps import PipelineDep
 from inference_api.openai_api.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -29,12 +30,11 @@ from inference_api.openai_api.serving import Call, OpenAIService
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 
-_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _STREAMS: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
 
 
-def get_openai(engine: EngineDep, grounding: GroundingDep, documents: DocumentsDep) -> OpenAIService:
-    return OpenAIService(InferenceService(engine, grounding), documents)
+def get_openai(pipeline: PipelineDep, documents: DocumentsDep) -> OpenAIService:
+    return OpenAIService(pipeline, documents)
 
 
 OpenAIDep = Annotated[OpenAIService, Depends(get_openai)]
@@ -43,7 +43,7 @@ OpenAIDep = Annotated[OpenAIService, Depends(get_openai)]
 async def _stream(service: OpenAIService, call: Call) -> StreamingResponse:
     # Submitted before the response starts, so a full queue or a spent quota is an ordinary HTTP error.
     await service.submit(call)
-    return StreamingResponse(service.stream(call), media_type="text/event-stream", headers=_STREAM_HEADERS)
+    return event_stream(service.stream(call))
 
 
 @router.post("/chat/completions", response_model=ChatCompletion, responses=_STREAMS)

@@ -11,8 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
+from inference_api.documents.protocol import Source
 from inference_api.engine.types import SamplingParams
-from inference_api.inference.protocol import Source, StopString, few_stops
+from inference_api.inference.protocol import StopString, few_stops
 
 FinishReason = Literal["stop", "length"]
 

@@ -1,23 +1,23 @@
-"""The OpenAI-compatible routes on the service's own engine path (the same checks, limits and deadlines as
-/infer, through `InferenceService`), answered in OpenAI's shapes."""
+"""The OpenAI-compatible routes on the generation pipeline (the same checks, limits and deadlines as /infer),
+answered in OpenAI's shapes."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from inference_api.api.errors import openai_error_body
+from inference_api.api.sse import sse
 from inference_api.documents.embedding import MODEL_NAME as EMBEDDING_MODEL
+from inference_api.documents.lazy import LazyDocuments
 from inference_api.engine.types import Completion as EngineCompletion
 from inference_api.engine.types import TextDelta
 from inference_api.errors import ErrorCode, ServiceError
-from inference_api.grounding import NOTHING_FOUND
-from inference_api.inference.serving import InferenceService, Prepared
+from inference_api.generation.pipeline import GenerationPipeline, Job
 from inference_api.modeling.prompt import Message
 from inference_api.modeling.registry import BASE_VERSION, ModelRef
 from inference_api.openai_api.protocol import (
@@ -38,7 +38,6 @@ from inference_api.openai_api.protocol import (
     ModelCardList,
     Usage,
 )
-from inference_api.services import LazyDocuments
 
 OWNER = "inference-api"
 
@@ -56,20 +55,20 @@ class Call:
     id: str
     created: int
     model: str
-    prepared: Prepared
+    job: Job
     include_usage: bool
 
 
 class OpenAIService:
-    def __init__(self, inference: InferenceService, documents: LazyDocuments) -> None:
-        self._inference = inference
+    def __init__(self, pipeline: GenerationPipeline, documents: LazyDocuments) -> None:
+        self._pipeline = pipeline
         self._documents = documents
 
     def models(self) -> ModelCardList:
-        created = int(self._inference.engine.started_at)
+        created = int(self._pipeline.engine.started_at)
         cards = [
             ModelCard(id=model_id(ModelRef(spec.name, version)), created=created, owned_by=OWNER)
-            for spec in self._inference.engine.registry.specs()
+            for spec in self._pipeline.engine.registry.specs()
             for version in spec.versions
         ]
         cards.append(ModelCard(id=EMBEDDING_MODEL, created=created, owned_by=OWNER))
@@ -85,7 +84,7 @@ class OpenAIService:
         base, _, version = name.partition(":")
         ref = ModelRef(base, version or BASE_VERSION)
         try:
-            self._inference.engine.registry.resolve(ref)
+            self._pipeline.engine.registry.resolve(ref)
         except ServiceError as exc:
             if exc.code is ErrorCode.MODEL_NOT_FOUND:
                 raise _model_not_found(name) from None
@@ -96,15 +95,15 @@ class OpenAIService:
         """The caller's maximum of new tokens (None: as many as the context leaves, up to MAX_NEW_TOKENS)."""
         requested = body.requested_max_tokens()
         field = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
-        self._inference.check(ref, requested or 0, field)  # none asked for: nothing to refuse yet
+        self._pipeline.check(ref, requested or 0, field)  # none asked for: nothing to refuse yet
         return requested
 
     async def prepare_chat(self, body: ChatCompletionRequest, owner: str, arrived: float) -> Call:
         ref = self._ref(body.model)
         requested = self._check(ref, body)
-        limit = requested or self._inference.engine.limits.max_new_tokens
+        limit = requested or self._pipeline.engine.limits.max_new_tokens
         messages: list[Message] = [{"role": m.template_role(), "content": m.text()} for m in body.messages]
-        prepared = await self._inference.prepare_chat(
+        job = await self._pipeline.chat_job(
             ref,
             messages,
             body.sampling(limit),
@@ -113,26 +112,23 @@ class OpenAIService:
             use_documents=body.use_documents,
             fit=requested is None,
         )
-        return Call("chat", _call_id("chatcmpl"), int(time.time()), model_id(ref), prepared, body.include_usage)
+        return Call("chat", _call_id("chatcmpl"), int(time.time()), model_id(ref), job, body.include_usage)
 
     async def prepare_completion(self, body: CompletionRequest, owner: str, arrived: float) -> Call:
         ref = self._ref(body.model)
         requested = self._check(ref, body)
-        limit = requested or self._inference.engine.limits.max_new_tokens
-        prepared = await self._inference.prepare_raw(
+        limit = requested or self._pipeline.engine.limits.max_new_tokens
+        job = await self._pipeline.raw_job(
             ref, body.text(), body.sampling(limit), arrived, owner=owner, fit=requested is None
         )
-        return Call("text", _call_id("cmpl"), int(time.time()), model_id(ref), prepared, body.include_usage)
+        return Call("text", _call_id("cmpl"), int(time.time()), model_id(ref), job, body.include_usage)
 
     async def submit(self, call: Call) -> None:
         """Queue a streamed call before its response starts: a full queue or an exhausted quota is a plain error."""
-        await self._inference.submit(call.prepared)
+        await self._pipeline.submit(call.job)
 
     async def _run(self, call: Call) -> tuple[str, FinishReason, Usage]:
-        request = call.prepared.request
-        if request is None:  # nothing relevant in the caller's documents: said instead of generating
-            return NOTHING_FOUND, "stop", _usage(None)
-        done = await self._inference.generate(request)
+        done = await self._pipeline.complete(call.job)
         return done.text, done.finish_reason, _usage(done)
 
     async def chat_completion(self, call: Call) -> ChatCompletion:
@@ -143,7 +139,7 @@ class OpenAIService:
             model=call.model,
             choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=finish)],
             usage=usage,
-            sources=call.prepared.sources,
+            sources=call.job.sources,
         )
 
     async def text_completion(self, call: Call) -> Completion:
@@ -158,37 +154,32 @@ class OpenAIService:
 
     async def stream(self, call: Call) -> AsyncIterator[str]:
         """Server-Sent Events as OpenAI sends them: chunks, a usage chunk if asked for, then `[DONE]`."""
-        request = call.prepared.request
         try:
             if call.kind == "chat":
                 yield self._chunk(call, {"role": "assistant", "content": ""})
-            if request is None:
-                yield self._chunk(call, NOTHING_FOUND)
-                yield self._last(call, None)
-            else:
-                async for event in self._inference.events(request):
-                    if isinstance(event, TextDelta):
-                        yield self._chunk(call, event.text)
-                    else:
-                        yield self._last(call, event)
+            async for event in self._pipeline.events(call.job):
+                if isinstance(event, TextDelta):
+                    yield self._chunk(call, event.text)
+                else:
+                    yield self._last(call, event)
         except ServiceError as exc:
             # The response has started: the error travels as an event, which the SDK raises as an APIError.
-            yield _sse(openai_error_body(exc))
+            yield sse(openai_error_body(exc))
             return
         yield "data: [DONE]\n\n"
 
     def _chunk(self, call: Call, delta: str | dict[str, str], finish: str | None = None) -> str:
-        return _sse(_chunk(call, delta, finish))
+        return sse(_chunk(call, delta, finish))
 
-    def _last(self, call: Call, done: EngineCompletion | None) -> str:
+    def _last(self, call: Call, done: EngineCompletion) -> str:
         """The chunk with the finish reason (and the sources), then the usage chunk when asked for."""
-        chunk = _chunk(call, {} if call.kind == "chat" else "", done.finish_reason if done else "stop")
-        if call.prepared.sources is not None:
-            chunk["sources"] = [s.model_dump() for s in call.prepared.sources]
-        events = _sse(chunk)
+        chunk = _chunk(call, {} if call.kind == "chat" else "", done.finish_reason)
+        if call.job.sources is not None:
+            chunk["sources"] = [s.model_dump() for s in call.job.sources]
+        events = sse(chunk)
         if call.include_usage:
             head = {key: chunk[key] for key in ("id", "object", "created", "model")}
-            events += _sse({**head, "choices": [], "usage": _usage(done).model_dump()})
+            events += sse({**head, "choices": [], "usage": _usage(done).model_dump()})
         return events
 
     async def embed(self, body: EmbeddingRequest) -> EmbeddingList:
@@ -242,8 +233,8 @@ def _chunk(call: Call, delta: str | dict[str, str], finish: str | None) -> dict[
     return chunk
 
 
-def _usage(done: EngineCompletion | None) -> Usage:
-    prompt, generated = (done.prompt_tokens, done.tokens_generated) if done else (0, 0)
+def _usage(done: EngineCompletion) -> Usage:
+    prompt, generated = done.prompt_tokens, done.tokens_generated
     return Usage(prompt_tokens=prompt, completion_tokens=generated, total_tokens=prompt + generated)
 
 
@@ -256,7 +247,3 @@ def _model_not_found(name: str) -> ServiceError:
         ErrorCode.MODEL_NOT_FOUND,
         f"The model {name!r} does not exist; GET /v1/models lists them (an adapter is named base:version)",
     )
-
-
-def _sse(payload: object) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"

@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 
-from inference_api.api.deps import ServicesDep
 from inference_api.auth.deps import CallerDep
+from inference_api.quotas.deps import QuotasDep
 from inference_api.quotas.protocol import RequestLimitUsage, TokenUsage, TokenWindowUsage, UsageResponse
 from inference_api.quotas.service import WindowUsage
-from inference_api.ratelimit.deps import caller_of
+from inference_api.ratelimit.deps import RateLimiterDep, caller_of
 
 router = APIRouter(tags=["usage"])
 
@@ -29,11 +29,11 @@ def _window(usage: WindowUsage, now: float) -> TokenWindowUsage:
 
 
 @router.get("/usage", response_model=UsageResponse)
-async def usage(request: Request, caller: CallerDep, services: ServicesDep) -> UsageResponse:
+async def usage(request: Request, caller: CallerDep, quotas: QuotasDep, limiter: RateLimiterDep) -> UsageResponse:
     """Your generated tokens this minute and today against your quotas, and your request rate limits."""
-    minute, day = await services.quotas.usage(caller.name)
+    minute, day = await quotas.usage(caller.name)
     now = time.time()
-    states = await services.rate_limits.states(caller_of(request, caller.name), caller.name)
+    states = await limiter.states(caller_of(request, caller.name), caller.name)
     return UsageResponse(
         key=caller.name,
         tokens=TokenUsage(minute=_window(minute, now), day=_window(day, now)),

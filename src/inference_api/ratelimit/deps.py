@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated, Protocol, cast
 
-from fastapi import Request
+from fastapi import Depends, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inference_api.api.deps import ServicesDep
+from inference_api.api.state import app_state
 from inference_api.auth.deps import IdentityDep
 from inference_api.errors import ErrorCode, ServiceError
-from inference_api.ratelimit.service import GENERATION_ROUTES, LimitState
+from inference_api.ratelimit.service import GENERATION_ROUTES, LimitState, RateLimiter
 
 _STATE_KEY = "rate_limit"
+
+
+class RateLimitState(Protocol):
+    rate_limits: RateLimiter
+
+
+def get_rate_limiter(request: Request) -> RateLimiter:
+    return cast(RateLimitState, app_state(request)).rate_limits
+
+
+RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 
 
 def caller_of(request: Request, key_name: str | None) -> str:
@@ -22,11 +34,10 @@ def caller_of(request: Request, key_name: str | None) -> str:
     return f"addr:{request.client.host if request.client else 'unknown'}"
 
 
-async def enforce_rate_limit(request: Request, identity: IdentityDep, services: ServicesDep) -> None:
+async def enforce_rate_limit(request: Request, identity: IdentityDep, limiter: RateLimiterDep) -> None:
     """Runs before every route (FastAPI app dependency), so routes added later are limited too."""
     route = request.scope.get("route")
     path: str = getattr(route, "path", request.url.path)
-    limiter = services.rate_limits
     if path in limiter.exempt:
         return
     key_name = identity.principal.name if identity.principal is not None else None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
+from inference_api.documents.protocol import Source
 from inference_api.documents.types import SearchHit
-from inference_api.inference.protocol import Source
 
 # Said instead of generating when no chunk is relevant enough: a model asked to answer from nothing
 # invents an answer, and one that cites sources it was never given is worse than none.
@@ -21,36 +22,42 @@ class Searcher(Protocol):
     async def search(self, owner: str, query: str, k: int = 5) -> list[SearchHit]: ...
 
 
+@dataclass(frozen=True)
+class Grounds:
+    """The chunks found for one question (none: nothing relevant enough, and nothing to answer from)."""
+
+    hits: list[SearchHit]
+
+    def system_prompt(self, own: str | None = None) -> str:
+        """The instructions and the numbered sources, after the caller's own system prompt if there is one."""
+        blocks = [f"[{n}] ({hit.filename})\n{hit.text.strip()}" for n, hit in enumerate(self.hits, start=1)]
+        head = f"{own.strip()}\n\n" if own else ""
+        return head + _INSTRUCTIONS + "\n\n" + "\n\n".join(blocks)
+
+    def sources(self) -> list[Source]:
+        return [
+            Source(
+                document_id=hit.document_id,
+                filename=hit.filename,
+                chunk_index=hit.chunk_index,
+                score=round(hit.score, 4),
+                excerpt=_excerpt(hit.text),
+            )
+            for hit in self.hits
+        ]
+
+
 class Grounding:
-    """Finds an owner's chunks for a question and writes them into the system prompt as sources."""
+    """Finds an owner's chunks for a question."""
 
     def __init__(self, searcher: Searcher, *, k: int, min_score: float) -> None:
         self._searcher = searcher
         self.k = k
         self.min_score = min_score
 
-    async def find(self, owner: str, question: str) -> list[SearchHit]:
+    async def find(self, owner: str, question: str) -> Grounds:
         hits = await self._searcher.search(owner, question, self.k)
-        return [hit for hit in hits if hit.score >= self.min_score]
-
-
-def grounded_system_prompt(hits: list[SearchHit], system_prompt: str | None = None) -> str:
-    blocks = [f"[{n}] ({hit.filename})\n{hit.text.strip()}" for n, hit in enumerate(hits, start=1)]
-    head = f"{system_prompt.strip()}\n\n" if system_prompt else ""
-    return head + _INSTRUCTIONS + "\n\n" + "\n\n".join(blocks)
-
-
-def sources_of(hits: list[SearchHit]) -> list[Source]:
-    return [
-        Source(
-            document_id=hit.document_id,
-            filename=hit.filename,
-            chunk_index=hit.chunk_index,
-            score=round(hit.score, 4),
-            excerpt=_excerpt(hit.text),
-        )
-        for hit in hits
-    ]
+        return Grounds([hit for hit in hits if hit.score >= self.min_score])
 
 
 def _excerpt(text: str) -> str:

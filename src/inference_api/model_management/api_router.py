@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body
 
-from inference_api.api.deps import EngineDep
 from inference_api.auth.deps import AdminCallerDep, CallerDep
-from inference_api.models.protocol import LoadRequest, LoadResult, ModelInfo, ModelList, UnloadResult
+from inference_api.generation.deps import EngineDep
+from inference_api.model_management.protocol import LoadRequest, LoadResult, ModelInfo, ModelList, UnloadResult
 
 router = APIRouter(prefix="/models", tags=["models"])
 

@@ -1,0 +1,44 @@
+"""The document service, built on first use."""
+
+from __future__ import annotations
+
+import asyncio
+
+from inference_api.documents.service import DocumentService
+from inference_api.documents.types import SearchHit
+from inference_api.settings import Settings
+from inference_api.torch_threads import in_passing_thread
+
+
+class LazyDocuments:
+    """The document service, built on first use: loading the embedding model takes seconds, and a
+    server that never sees an upload should not pay for it at start-up."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._service: DocumentService | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def loaded(self) -> DocumentService | None:
+        return self._service
+
+    async def get(self) -> DocumentService:
+        async with self._lock:
+            if self._service is None:
+                settings = self._settings
+                self._service = await in_passing_thread(
+                    DocumentService.build,
+                    data_dir=settings.data_dir / "chroma",
+                    device=settings.device,
+                    chroma_url=settings.chroma_url,
+                    max_upload_bytes=settings.max_upload_bytes,
+                )
+            return self._service
+
+    async def search(self, owner: str, query: str, k: int = 5) -> list[SearchHit]:
+        return await (await self.get()).search(owner, query, k)
+
+    def close(self) -> None:
+        if self._service is not None:
+            self._service.close()

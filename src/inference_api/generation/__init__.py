@@ -1,0 +1,1 @@
+"""The one generation pipeline that /infer, chat turns and the OpenAI routes map their protocols onto."""

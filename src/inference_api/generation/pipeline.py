@@ -1,0 +1,203 @@
+"""The generation pipeline: every front-end (/infer, chat turns, the OpenAI routes) maps its protocol onto it.
+
+A job takes the same steps whoever asks: the limits checked before anything is encoded; the owner's documents
+searched when asked (nothing relevant: a ready answer, said instead of generating); the prompt encoded and held
+to the context, never cut; admission to the engine (queue, token quota); then one event stream, which cancels the
+generation when its listener stops early. It knows the engine and the documents, not HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from inference_api.documents.grounding import NOTHING_FOUND, Grounding, Grounds
+from inference_api.documents.protocol import Source
+from inference_api.engine.service import Engine, EngineLimits
+from inference_api.engine.types import Completion, GenerationRequest, SamplingParams, TextDelta
+from inference_api.generation.limits import check_max_new_tokens, check_token_budget, fit_to_context
+from inference_api.modeling.prompt import EncodedPrompt, Message
+from inference_api.modeling.registry import ModelRef
+
+# Builds the prompt, given what was found in the owner's documents (None: documents were not asked for).
+Encode = Callable[[Grounds | None], Awaitable[EncodedPrompt]]
+
+
+@dataclass
+class Job:
+    """One generation on its way: a request for the engine, or (nothing relevant in the owner's documents) none,
+    and the ready answer its events give instead."""
+
+    ref: ModelRef
+    request: GenerationRequest | None
+    sources: list[Source] | None = None  # None: documents were not asked for
+
+
+class GenerationPipeline:
+    def __init__(self, engine: Engine, grounding: Grounding) -> None:
+        self._engine = engine
+        self._grounding = grounding
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def limits(self) -> EngineLimits:
+        return self._engine.limits
+
+    def check(self, ref: ModelRef, max_new_tokens: int, field: str = "max_new_tokens") -> None:
+        """What can be refused before encoding: too many new tokens, an unknown model, an engine not accepting."""
+        check_max_new_tokens(max_new_tokens, self.limits.max_new_tokens, field)
+        self._engine.registry.resolve(ref)
+        # Readiness is checked again on admission; checking here spares encoding a doomed request.
+        self._engine.check_accepting()
+
+    async def encode_chat(self, ref: ModelRef, messages: list[Message]) -> EncodedPrompt:
+        return await asyncio.to_thread(self._engine.encoder.encode_chat, ref.base, messages)
+
+    async def encode_raw(self, ref: ModelRef, prompt: str) -> EncodedPrompt:
+        return await asyncio.to_thread(self._engine.encoder.encode_raw, ref.base, prompt)
+
+    async def job(
+        self,
+        ref: ModelRef,
+        encode: Encode,
+        params: SamplingParams,
+        arrived: float,
+        *,
+        owner: str,
+        question: str | None = None,
+        fit: bool = False,
+    ) -> Job:
+        """A job for `owner` (whose token budget pays), grounded on the owner's documents when `question` is given.
+
+        `fit`: lower max_new_tokens to the room the prompt leaves (callers that set no maximum of their own).
+        """
+        grounds = await self._grounding.find(owner, question) if question is not None else None
+        if grounds is not None and not grounds.hits:
+            return Job(ref, None, grounds.sources())
+        encoded = await encode(grounds)
+        job = self.encoded_job(ref, encoded, params, arrived, owner=owner, grounded=grounds is not None, fit=fit)
+        job.sources = grounds.sources() if grounds is not None else None
+        return job
+
+    def encoded_job(
+        self,
+        ref: ModelRef,
+        encoded: EncodedPrompt,
+        params: SamplingParams,
+        arrived: float,
+        *,
+        owner: str,
+        grounded: bool = False,
+        fit: bool = False,
+    ) -> Job:
+        """A job for a prompt already encoded, held to the limits; its deadline counts from `arrived`."""
+        if fit:
+            params = fit_to_context(params, encoded)
+        check_token_budget(encoded, params.max_new_tokens, self.limits.max_input_tokens)
+        request = GenerationRequest(
+            ref,
+            encoded.ids,
+            params,
+            deadline=arrived + self.limits.request_timeout,
+            owner=owner,
+            # Sources make each grounded system block unique: nothing to share.
+            shared_prefix=0 if grounded else encoded.shared_prefix,
+        )
+        return Job(ref, request)
+
+    async def chat_job(
+        self,
+        ref: ModelRef,
+        messages: list[Message],
+        params: SamplingParams,
+        arrived: float,
+        *,
+        owner: str,
+        use_documents: bool = False,
+        fit: bool = False,
+    ) -> Job:
+        """The conversation in the model's chat template; grounded, the sources join its system message."""
+
+        async def encode(grounds: Grounds | None) -> EncodedPrompt:
+            return await self.encode_chat(ref, with_sources(messages, grounds) if grounds else messages)
+
+        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        return await self.job(
+            ref, encode, params, arrived, owner=owner, question=question if use_documents else None, fit=fit
+        )
+
+    async def raw_job(
+        self, ref: ModelRef, prompt: str, params: SamplingParams, arrived: float, *, owner: str, fit: bool = False
+    ) -> Job:
+        """The prompt as-is, without the chat template."""
+
+        async def encode(_: Grounds | None) -> EncodedPrompt:
+            return await self.encode_raw(ref, prompt)
+
+        return await self.job(ref, encode, params, arrived, owner=owner, fit=fit)
+
+    async def submit(self, job: Job) -> None:
+        """Queue the job, its owner's token budget reserved (refused at once when over it or when the queue is full):
+        a streaming front-end calls this before its response starts, so the refusal is still a plain HTTP error."""
+        if job.request is not None:
+            await self._engine.submit(job.request)
+
+    async def complete(self, job: Job) -> Completion:
+        """The whole answer (queued now if it was not submitted yet)."""
+        if job.request is None:
+            return ready_answer(job.ref)
+        return await self._engine.generate(job.request)
+
+    async def events(self, job: Job) -> AsyncIterator[TextDelta | Completion]:
+        """A submitted job's text deltas, then its completion; a listener that stops early (the client left)
+        cancels the generation in the engine. A failure is raised as its ServiceError."""
+        if job.request is None:
+            answer = ready_answer(job.ref)
+            yield TextDelta(answer.text)
+            yield answer
+            return
+        request = job.request
+        try:
+            async for event in request.events():
+                yield event
+        finally:
+            if not request.finished:
+                self._engine.cancel(request)
+
+
+def with_sources(messages: list[Message], grounds: Grounds) -> list[Message]:
+    """The sources go into the system message, after the caller's own system prompt if there is one."""
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": grounds.system_prompt(messages[0]["content"])}, *messages[1:]]
+    return [{"role": "system", "content": grounds.system_prompt()}, *messages]
+
+
+def ready_answer(ref: ModelRef) -> Completion:
+    """The answer given without generating, when nothing in the owner's documents is relevant enough."""
+    return Completion(
+        text=NOTHING_FOUND,
+        finish_reason="stop",
+        model=ref,
+        prompt_tokens=0,
+        tokens_generated=0,
+        queue_time=0.0,
+        generation_time=0.0,
+    )
+
+
+def figures(completion: Completion, arrived: float) -> dict[str, Any]:
+    """What an answer reports of its generation (/infer's metadata, a chat reply's usage): tokens, finish, times."""
+    return {
+        "tokens_generated": completion.tokens_generated,
+        "prompt_tokens": completion.prompt_tokens,
+        "finish_reason": completion.finish_reason,
+        "queue_time": round(completion.queue_time, 6),
+        "generation_time": round(completion.generation_time, 6),
+        "response_time": round(time.monotonic() - arrived, 6),
+    }
