@@ -13,6 +13,7 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "FORBIDDEN"
     VALIDATION_ERROR = "VALIDATION_ERROR"
     TOKEN_LIMIT_EXCEEDED = "TOKEN_LIMIT_EXCEEDED"
+    INVALID_GRAMMAR = "INVALID_GRAMMAR"
     NOT_FOUND = "NOT_FOUND"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     MODEL_NOT_FOUND = "MODEL_NOT_FOUND"
@@ -38,6 +39,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.VALIDATION_ERROR: 422,
     ErrorCode.TOKEN_LIMIT_EXCEEDED: 400,
+    # A response_format, guided_* or tool schema the grammar engine cannot compile (refused before queueing).
+    ErrorCode.INVALID_GRAMMAR: 400,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.MODEL_NOT_FOUND: 404,

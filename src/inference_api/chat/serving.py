@@ -125,7 +125,9 @@ class ChatService:
                 folded += count
 
         question = body.message if body.use_documents else None
-        job = await self._pipeline.job(ref, encode, body.sampling(), arrived, owner=owner, question=question)
+        job = await self._pipeline.job(
+            ref, encode, body.sampling(), arrived, owner=owner, question=question, grammar=body.grammar()
+        )
         return Turn(session, Message(role="user", content=body.message), job, folded)
 
     async def _fold(self, owner: str, session: Session, ref: ModelRef, arrived: float) -> tuple[Session, int]:

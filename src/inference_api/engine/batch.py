@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from inference_api.engine.kv import cache_keyword, slab_cache
-from inference_api.engine.runner import Sequence, advance
+from inference_api.engine.runner import Sequence, advance, end_for_grammar
 from inference_api.engine.sampling import choose_next
 from inference_api.engine.types import GenerationRequest
 from inference_api.modeling.cache import LoadedModel
@@ -186,11 +186,23 @@ class DecodeBatch:
         self._positions = torch.cat([self._positions, positions])
 
     def _choose(self, sequences: list[Sequence], logits: torch.Tensor) -> list[str]:
-        # One argmax for the whole batch; only sampled rows pay for their own softmax.
+        # One argmax for the whole batch; only sampled or constrained rows pay for their own work.
         greedy = logits.argmax(dim=-1).tolist()
         deltas = []
         for row, seq in enumerate(sequences):
-            token = greedy[row] if seq.params.greedy else choose_next(logits[row], seq.params, seq.generator)
+            grammar = seq.request.grammar
+            if grammar is None:
+                token = greedy[row] if seq.params.greedy else choose_next(logits[row], seq.params, seq.generator)
+            else:
+                remaining = seq.params.max_new_tokens - seq.tokens_generated
+                allowed = grammar.mask(remaining, seq.eos)
+                if allowed is None:
+                    deltas.append(end_for_grammar(seq))
+                    continue
+                scores = logits[row].masked_fill(~allowed.to(logits.device)[: logits.shape[-1]], float("-inf"))
+                token = choose_next(scores, seq.params, seq.generator)
+                if token not in seq.eos:
+                    token = grammar.vet(token, remaining)
             deltas.append(advance(seq, token))
         return deltas
 

@@ -104,6 +104,9 @@ def new_sequence(model: LoadedModel, request: GenerationRequest) -> Sequence:
 def advance(seq: Sequence, token: int) -> str:
     """Record the chosen token; returns the text it releases and sets `finish_reason` when done."""
     seq.last_token = token
+    grammar = seq.request.grammar
+    if grammar is not None and token not in seq.eos and not grammar.accept(token):
+        return end_for_grammar(seq)
     if token in seq.eos:
         seq.finish_reason = "stop"
         return seq.assembler.finish()
@@ -115,6 +118,12 @@ def advance(seq: Sequence, token: int) -> str:
         seq.finish_reason = "length"
         delta += seq.assembler.finish()
     return delta
+
+
+def end_for_grammar(seq: Sequence) -> str:
+    """The row's grammar cannot go on: it ends alone, with what it had, and says why."""
+    seq.finish_reason = "grammar_error"
+    return seq.assembler.finish()
 
 
 def beam_search(model: LoadedModel, request: GenerationRequest) -> tuple[str, int, FinishReason]:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from inference_api.engine.grammar import Grammars
 from inference_api.engine.queue import RequestQueue
 from inference_api.engine.types import Completion, Failure, GenerationRequest, SamplingParams, TokenBudget
 from inference_api.engine.worker import DeviceWorker
@@ -46,6 +47,7 @@ class Engine:
         self.registry = registry
         self.metrics = metrics or Metrics()
         self.encoder = encoder
+        self.grammars = Grammars(encoder.tokenizer)
         self.workers = workers
         self.queue = queue
         self.limits = limits

@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from inference_api.engine.grammar import RowGrammar
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling.registry import ModelRef
 from inference_api.observability.context import RequestRecord, current_record
 
-FinishReason = Literal["stop", "length"]
+# "grammar_error": the row's grammar could not go on (it ended alone; the batch went on).
+FinishReason = Literal["stop", "length", "grammar_error"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class SamplingParams:
     num_beams: int = 1
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # With a grammar: near the end of the budget, allow only the way to close what is open (engine/grammar.py).
+    close_within_budget: bool = True
 
     @property
     def greedy(self) -> bool:
@@ -68,6 +72,8 @@ class GenerationRequest:
     # Leading prompt tokens that other prompts share (a chat template's system block): their keys and
     # values are computed once per model and reused (modeling/prefix.py). 0: none.
     shared_prefix: int = 0
+    # What the output must match (response_format, guided_*, tools): masks the row's logits; None: free.
+    grammar: RowGrammar | None = field(default=None, repr=False)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None

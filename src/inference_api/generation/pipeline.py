@@ -16,8 +16,10 @@ from typing import Any
 
 from inference_api.documents.grounding import NOTHING_FOUND, Grounding, Grounds
 from inference_api.documents.protocol import Source
+from inference_api.engine.grammar import GrammarSpec, RowGrammar
 from inference_api.engine.service import Engine, EngineLimits
 from inference_api.engine.types import Completion, GenerationRequest, SamplingParams, TextDelta
+from inference_api.errors import ServiceError
 from inference_api.generation.limits import check_max_new_tokens, check_token_budget, fit_to_context
 from inference_api.modeling.prompt import EncodedPrompt, Message
 from inference_api.modeling.registry import ModelRef
@@ -72,18 +74,32 @@ class GenerationPipeline:
         owner: str,
         question: str | None = None,
         fit: bool = False,
+        grammar: GrammarSpec | None = None,
     ) -> Job:
         """A job for `owner` (whose token budget pays), grounded on the owner's documents when `question` is given.
 
         `fit`: lower max_new_tokens to the room the prompt leaves (callers that set no maximum of their own).
+        `grammar`: what the output must match; one the engine cannot compile is refused here, before the
+        documents are searched or anything is queued.
         """
+        constraint = await self.constraint(ref, grammar, params) if grammar is not None else None
         grounds = await self._grounding.find(owner, question) if question is not None else None
         if grounds is not None and not grounds.hits:
             return Job(ref, None, grounds.sources())
         encoded = await encode(grounds)
         job = self.encoded_job(ref, encoded, params, arrived, owner=owner, grounded=grounds is not None, fit=fit)
+        assert job.request is not None
+        job.request.grammar = constraint
         job.sources = grounds.sources() if grounds is not None else None
         return job
+
+    async def constraint(self, ref: ModelRef, grammar: GrammarSpec, params: SamplingParams) -> RowGrammar:
+        """A row's matcher for `grammar` (compiled off the event loop; validated grammars are remembered)."""
+        if params.num_beams > 1:
+            raise ServiceError.invalid("num_beams", "beam search cannot be combined with a response format")
+        return await asyncio.to_thread(
+            self._engine.grammars.row, ref.base, grammar, close_within_budget=params.close_within_budget
+        )
 
     def encoded_job(
         self,
@@ -121,26 +137,34 @@ class GenerationPipeline:
         owner: str,
         use_documents: bool = False,
         fit: bool = False,
+        grammar: GrammarSpec | None = None,
     ) -> Job:
         """The conversation in the model's chat template; grounded, the sources join its system message."""
 
         async def encode(grounds: Grounds | None) -> EncodedPrompt:
             return await self.encode_chat(ref, with_sources(messages, grounds) if grounds else messages)
 
-        question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-        return await self.job(
-            ref, encode, params, arrived, owner=owner, question=question if use_documents else None, fit=fit
-        )
+        last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        question = last_user if use_documents else None
+        return await self.job(ref, encode, params, arrived, owner=owner, question=question, fit=fit, grammar=grammar)
 
     async def raw_job(
-        self, ref: ModelRef, prompt: str, params: SamplingParams, arrived: float, *, owner: str, fit: bool = False
+        self,
+        ref: ModelRef,
+        prompt: str,
+        params: SamplingParams,
+        arrived: float,
+        *,
+        owner: str,
+        fit: bool = False,
+        grammar: GrammarSpec | None = None,
     ) -> Job:
         """The prompt as-is, without the chat template."""
 
         async def encode(_: Grounds | None) -> EncodedPrompt:
             return await self.encode_raw(ref, prompt)
 
-        return await self.job(ref, encode, params, arrived, owner=owner, fit=fit)
+        return await self.job(ref, encode, params, arrived, owner=owner, fit=fit, grammar=grammar)
 
     async def submit(self, job: Job) -> None:
         """Queue the job, its owner's token budget reserved (refused at once when over it or when the queue is full):

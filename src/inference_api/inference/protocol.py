@@ -7,7 +7,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from inference_api.documents.protocol import Source
+from inference_api.engine.grammar import GrammarSpec
 from inference_api.engine.types import SamplingParams
+from inference_api.generation.protocol import ResponseFormat
 
 StopString = Annotated[StrictStr, Field(min_length=1, max_length=64)]
 
@@ -35,6 +37,12 @@ class GenerationOptions(BaseModel):
     seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
     stream: StrictBool = False
     use_documents: StrictBool = Field(default=False, description="Answer from the caller's uploaded documents.")
+    response_format: ResponseFormat | None = Field(
+        default=None, description="What the answer must match: json_object, json_schema, regex, choice, grammar."
+    )
+    close_within_budget: StrictBool = Field(
+        default=True, description="With a JSON constraint, close the JSON before max_new_tokens runs out."
+    )
 
     @field_validator("stop")
     @classmethod
@@ -52,7 +60,11 @@ class GenerationOptions(BaseModel):
             num_beams=self.num_beams,
             stop=stop,
             seed=self.seed,
+            close_within_budget=self.close_within_budget,
         )
+
+    def grammar(self) -> GrammarSpec | None:
+        return self.response_format.spec() if self.response_format is not None else None
 
 
 def not_blank(value: str) -> str:
@@ -75,7 +87,7 @@ class InferMetadata(BaseModel):
     version: str
     tokens_generated: int
     prompt_tokens: int
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "grammar_error"]
     queue_time: float = Field(description="Seconds waiting for a worker.")
     generation_time: float = Field(description="Seconds from the worker taking it to the last token.")
     response_time: float = Field(description="Seconds from arrival to the answer.")

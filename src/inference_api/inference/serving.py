@@ -29,10 +29,18 @@ class InferenceService:
         ref = pipeline.engine.registry.ref(body.base_model, body.adapter_version)
         pipeline.check(ref, body.max_new_tokens)
         if body.raw:
-            return await pipeline.raw_job(ref, body.prompt, body.sampling(), arrived, owner=owner)
+            return await pipeline.raw_job(
+                ref, body.prompt, body.sampling(), arrived, owner=owner, grammar=body.grammar()
+            )
         messages: list[Message] = [{"role": "user", "content": body.prompt}]
         return await pipeline.chat_job(
-            ref, messages, body.sampling(), arrived, owner=owner, use_documents=body.use_documents
+            ref,
+            messages,
+            body.sampling(),
+            arrived,
+            owner=owner,
+            use_documents=body.use_documents,
+            grammar=body.grammar(),
         )
 
     async def submit(self, job: Job) -> None:

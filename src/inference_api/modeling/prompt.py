@@ -24,6 +24,7 @@ class EncodedPrompt:
 class _Tokenizing:
     tokenizer: Any
     context_length: int
+    vocab_size: int  # the width of the model's logits (can be more than the tokenizer's tokens)
 
 
 class PromptEncoder:
@@ -51,6 +52,11 @@ class PromptEncoder:
         entry = self._get(base)
         return EncodedPrompt(list(entry.tokenizer(text)["input_ids"]), entry.context_length)
 
+    def tokenizer(self, base: str) -> tuple[Any, int]:
+        """The base model's tokenizer and the width of its logits (blocking on first use)."""
+        entry = self._get(base)
+        return entry.tokenizer, entry.vocab_size
+
     def _get(self, base: str) -> _Tokenizing:
         with self._lock:
             entry = self._loaded.get(base)
@@ -59,7 +65,9 @@ class PromptEncoder:
 
                 location = weights_location(self._registry.get(base), self._data_dir)
                 config = AutoConfig.from_pretrained(location)
-                entry = _Tokenizing(load_tokenizer(location), context_length_of(config))
+                tokenizer = load_tokenizer(location)
+                vocab = getattr(config, "vocab_size", None) or len(tokenizer)
+                entry = _Tokenizing(tokenizer, context_length_of(config), int(vocab))
                 self._loaded[base] = entry
             return entry
 

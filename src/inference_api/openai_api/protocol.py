@@ -1,21 +1,25 @@
 """Request and response bodies of the OpenAI-compatible routes, in OpenAI's own field names and shapes.
 
 Requests accept fields this service does not know (clients send newer OpenAI fields such as `store` or
-`metadata`) and ignore them; fields it knows but cannot honour (`n` > 1, tools, logprobs, penalties...)
-are refused with a 400 that names them, so nothing asked for is silently dropped.
+`metadata`) and ignore them; fields it knows but cannot honour are refused with a 400 that names them, so
+nothing asked for is silently dropped.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
 from inference_api.documents.protocol import Source
+from inference_api.engine.grammar import GrammarSpec
 from inference_api.engine.types import SamplingParams
+from inference_api.generation.protocol import ResponseFormat
 from inference_api.inference.protocol import StopString, few_stops
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls", "grammar_error"]
+_CONSTRAINTS = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
 
 
 class StreamOptions(BaseModel):
@@ -68,6 +72,16 @@ class GenerationFields(BaseModel):
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
     logprobs: Any = None
+    response_format: ResponseFormat | None = None
+    # vLLM's names for constrained output, as its clients send them.
+    guided_json: dict[str, Any] | StrictStr | None = None
+    guided_regex: StrictStr | None = Field(default=None, max_length=100_000)
+    guided_choice: list[StrictStr] | None = Field(default=None, min_length=1, max_length=1000)
+    guided_grammar: StrictStr | None = Field(default=None, max_length=100_000)
+    close_within_budget: StrictBool = Field(
+        default=True,
+        description="Extension: with a JSON constraint, close the JSON before max_tokens runs out (see README).",
+    )
 
     @field_validator("n")
     @classmethod
@@ -102,6 +116,30 @@ class GenerationFields(BaseModel):
             raise ValueError("logprobs are not supported")
         return value
 
+    @model_validator(mode="after")
+    def _one_constraint(self) -> GenerationFields:
+        given = [name for name in _CONSTRAINTS if getattr(self, name) is not None]
+        if self.response_format is not None and self.response_format.type == "text":
+            given.remove("response_format")
+        if len(given) > 1:
+            raise ValueError(f"give one output constraint, not {' and '.join(given)}")
+        return self
+
+    def grammar(self) -> GrammarSpec | None:
+        """What the output must match, from whichever constraint was given."""
+        if self.response_format is not None:
+            return self.response_format.spec()
+        if self.guided_json is not None:
+            schema = self.guided_json if isinstance(self.guided_json, str) else json.dumps(self.guided_json)
+            return GrammarSpec("json_schema", schema)
+        if self.guided_regex is not None:
+            return GrammarSpec("regex", self.guided_regex)
+        if self.guided_choice is not None:
+            return GrammarSpec("choice", json.dumps(self.guided_choice))
+        if self.guided_grammar is not None:
+            return GrammarSpec("grammar", self.guided_grammar)
+        return None
+
     @property
     def include_usage(self) -> bool:
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
@@ -120,6 +158,7 @@ class GenerationFields(BaseModel):
             do_sample=temperature > 0.0,
             stop=stop,
             seed=self.seed,
+            close_within_budget=self.close_within_budget,
         )
 
 
@@ -131,7 +170,6 @@ class ChatCompletionRequest(GenerationFields):
     )
     tools: list[Any] | None = None
     functions: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
     top_logprobs: StrictInt | None = None
 
     @field_validator("tools", "functions")
@@ -139,13 +177,6 @@ class ChatCompletionRequest(GenerationFields):
     def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
         if value:
             raise ValueError("tool and function calling are not supported")
-        return value
-
-    @field_validator("response_format")
-    @classmethod
-    def _text_only(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value and value.get("type") != "text":
-            raise ValueError("only the text response format is supported")
         return value
 
     @model_validator(mode="after")

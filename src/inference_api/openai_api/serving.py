@@ -111,6 +111,7 @@ class OpenAIService:
             owner=owner,
             use_documents=body.use_documents,
             fit=requested is None,
+            grammar=body.grammar(),
         )
         return Call("chat", _call_id("chatcmpl"), int(time.time()), model_id(ref), job, body.include_usage)
 
@@ -119,7 +120,7 @@ class OpenAIService:
         requested = self._check(ref, body)
         limit = requested or self._pipeline.engine.limits.max_new_tokens
         job = await self._pipeline.raw_job(
-            ref, body.text(), body.sampling(limit), arrived, owner=owner, fit=requested is None
+            ref, body.text(), body.sampling(limit), arrived, owner=owner, fit=requested is None, grammar=body.grammar()
         )
         return Call("text", _call_id("cmpl"), int(time.time()), model_id(ref), job, body.include_usage)
 
