@@ -17,11 +17,17 @@ PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
-# Swagger UI and ReDoc from the package's own copies, started by script files (not FastAPI's inline scripts).
-# Swagger UI draws its icons as data: images; ReDoc searches in a worker it makes from a blob.
+# Swagger UI from the package's own copy, started by a script file (not FastAPI's inline script); it draws its
+# icons as data: images.
 DOCS_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "worker-src blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+# ReDoc's bundle writes <style> elements as it loads, before any nonce could reach it, so its page admits inline
+# styles (never inline scripts); images and fonts still come from this origin only, so a style cannot call out.
+# It searches in a worker made from a blob.
+REDOC_CSP = DOCS_CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'").replace(
+    "form-action 'none'", "form-action 'none'; worker-src blob:"
 )
 # Files under the asset prefixes are addressed by a hash of their contents: a new file has a new address.
 ASSET_CACHE = "public, max-age=31536000, immutable"
@@ -41,8 +47,10 @@ def policy_of(path: str) -> tuple[str, str]:
     """The CSP and Cache-Control for a path: the web page, the docs, their files, or the API."""
     if path == PAGE_PATH:
         return PAGE_CSP, "no-cache"
-    if path in DOCS_PATHS:
+    if path == DOCS_PATHS[0]:
         return DOCS_CSP, "no-cache"
+    if path == DOCS_PATHS[1]:
+        return REDOC_CSP, "no-cache"
     if path.startswith(ASSET_PREFIXES):
         return PAGE_CSP, ASSET_CACHE
     return API_CSP, "no-store"
