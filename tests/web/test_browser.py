@@ -43,7 +43,10 @@ def send(page: Page, text: str, max_tokens: int) -> None:
 
 def wait_for_reply(page: Page, count: int) -> None:
     """Until `count` replies are complete (their actions appear only once the stored reply has arrived)."""
-    expect(page.locator(".message.assistant .actions")).to_have_count(count, timeout=120_000)
+    try:
+        expect(page.locator(".message.assistant .actions")).to_have_count(count, timeout=120_000)
+    except AssertionError as exc:
+        raise AssertionError(f"{count} complete replies expected; the chat shows: {page.inner_text('#chat')}") from exc
 
 
 def test_a_wrong_key_shows_the_servers_message(open_page: BrowserPage) -> None:

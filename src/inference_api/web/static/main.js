@@ -500,28 +500,32 @@ class ChatPage {
     this.scrollToEnd();
 
     let content = "";
-    let pending = false;
+    let frame = 0;
     const draw = () => {
-      pending = false;
+      frame = 0;
       this.fillMessage(reply, { role: "assistant", content }, null);
       this.scrollToEnd();
+    };
+    // The last delta's redraw must not land after the stored reply was drawn: it would wipe its sources and actions.
+    const settle = () => {
+      cancelAnimationFrame(frame);
+      frame = 0;
     };
     try {
       const stored = await this.client.streamMessage(session.sessionId, body, {
         signal: controller.signal,
         onDelta: (delta) => {
           content += delta;
-          if (!pending) {
-            pending = true;
-            requestAnimationFrame(draw); // one redraw a frame, however fast the tokens come
-          }
+          if (!frame) frame = requestAnimationFrame(draw); // one redraw a frame, however fast the tokens come
         },
       });
+      settle();
       const message = { ...stored.message, sources: stored.message.sources ?? stored.sources };
       session.messages.push({ role: "user", content: text, timestamp: Date.now() / 1000 }, message);
       this.fillMessage(user, session.messages[base], base);
       this.fillMessage(reply, message, base + 1);
     } catch (error) {
+      settle();
       if (error.name === "AbortError") {
         draw();
         reply.classList.add("stopped");
