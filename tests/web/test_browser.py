@@ -212,13 +212,13 @@ def test_branch_at_a_message_then_delete_chats(open_page: BrowserPage) -> None:
 def test_the_error_envelopes_message_is_shown(open_page: BrowserPage) -> None:
     page = open_page.page
     open_page.sign_in()
-    # Over MAX_NEW_TOKENS (512): the server refuses before anything streams, and says why.
+    # Over MAX_NEW_TOKENS (512): the server refuses (422) before anything streams, and says why.
     send(page, "Hello", 4000)
     toast = page.locator("#toast")
     expect(toast).to_be_visible()
     expect(toast).to_contain_text("max_new_tokens")
     expect(page.locator(".message.assistant.failed")).to_contain_text("max_new_tokens")
-    open_page.assert_clean(expected_console=(f"{RESOURCE_ERROR} 400",))
+    open_page.assert_clean(expected_console=(f"{RESOURCE_ERROR} 422",))
 
 
 def test_a_key_without_the_chat_scope_is_told_so(open_page: BrowserPage) -> None:
