@@ -633,7 +633,7 @@ class ChatPage {
             "div",
             { className: "document-text" },
             el("span", { className: "ellipsis", text: doc.filename, attrs: { title: doc.filename } }),
-            el("span", { className: "muted small", text: `${bytes(doc.size_bytes)} · ${doc.chunks} parts` }),
+            el("span", { className: "muted small", text: `${bytes(doc.size_bytes)} · ${doc.chunks} part${doc.chunks === 1 ? "" : "s"}` }),
           ),
           el("button", {
             className: "icon-button",
