@@ -165,6 +165,8 @@ def test_documents_upload_with_progress_and_answers_cite_them(open_page: Browser
 
 def take_screenshots(page: Page, tmp_path: Path) -> None:
     """The README's pictures: desktop and phone width, light and dark, of the page as the test left it."""
+    if page.locator("#toast").is_visible():
+        page.click("#toast-close")
     page.mouse.move(0, 0)
     for width, height, name in ((1280, 820, "desktop"), (390, 844, "phone")):
         page.set_viewport_size({"width": width, "height": height})
