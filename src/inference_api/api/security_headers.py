@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference_api.settings import Settings
+from inference_api.web.paths import ASSET_PREFIXES, DOCS_PATHS, PAGE_PATH
 
 # The API serves JSON and event streams only: nothing in a response may load, run or frame anything.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-# FastAPI's Swagger UI and ReDoc pages load their scripts and styles from jsDelivr and start them inline.
-DOCS_CSP = (
-    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
-    "connect-src 'self'; worker-src blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+# The chat page at / (web/): its own script and style files and images, and calls to this origin; nothing inline,
+# nothing from another host.
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+# Swagger UI from the package's own copy, started by a script file (not FastAPI's inline script); it draws its
+# icons as data: images.
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+# ReDoc's bundle writes <style> elements as it loads, before any nonce could reach it, so its page admits inline
+# styles (never inline scripts); images and fonts still come from this origin only, so a style cannot call out.
+# It searches in a worker made from a blob.
+REDOC_CSP = DOCS_CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'").replace(
+    "form-action 'none'", "form-action 'none'; worker-src blob:"
+)
+# Files under the asset prefixes are addressed by a hash of their contents: a new file has a new address.
+ASSET_CACHE = "public, max-age=31536000, immutable"
 # Headers a browser script may read from a cross-origin response (the rate limiter sets the X-RateLimit ones).
 EXPOSED_HEADERS = ("X-Request-ID", "Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
@@ -31,44 +43,48 @@ _FIXED = (
 _POLICY_HEADERS = {name for name, _ in _FIXED} | {b"content-security-policy", b"cache-control"}
 
 
+def policy_of(path: str) -> tuple[str, str]:
+    """The CSP and Cache-Control for a path: the web page, the docs, their files, or the API."""
+    if path == PAGE_PATH:
+        return PAGE_CSP, "no-cache"
+    if path == DOCS_PATHS[0]:
+        return DOCS_CSP, "no-cache"
+    if path == DOCS_PATHS[1]:
+        return REDOC_CSP, "no-cache"
+    if path.startswith(ASSET_PREFIXES):
+        return PAGE_CSP, ASSET_CACHE
+    return API_CSP, "no-store"
+
+
 class SecurityHeadersMiddleware:
     """Adds the security headers to every response as it starts (streams pass through untouched).
 
-    API responses are never cached (`no-store`); the documentation pages get a CSP that lets them load.
+    API responses are never cached (`no-store`); the web page and the docs get CSPs that let them load their own
+    files and nothing else, and those files (found only under the address of their current contents) are kept.
     """
 
-    def __init__(self, app: ASGIApp, *, docs_paths: Iterable[str] = ()) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.docs_paths = frozenset(docs_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        docs = scope["path"] in self.docs_paths
-        added = [
-            *_FIXED,
-            (b"content-security-policy", (DOCS_CSP if docs else API_CSP).encode()),
-            (b"cache-control", b"no-cache" if docs else b"no-store"),
-        ]
+        csp, cache = policy_of(scope["path"])
+        added = [*_FIXED, (b"content-security-policy", csp.encode())]
         if scope.get("scheme") == "https":
             added.append((b"strict-transport-security", b"max-age=31536000; includeSubDomains"))
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
+                # Only a file that was found may be kept for good; a 404 under an asset address may not.
+                kept_for = cache if cache != ASSET_CACHE or message["status"] == 200 else "no-store"
                 # The policy wins over what a route set (an event stream's "no-cache", say).
                 kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in _POLICY_HEADERS]
-                message = {**message, "headers": kept + added}
+                message = {**message, "headers": [*kept, *added, (b"cache-control", kept_for.encode())]}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-
-def docs_paths(app: FastAPI) -> list[str]:
-    paths = [p for p in (app.docs_url, app.redoc_url) if p]
-    if app.docs_url and app.swagger_ui_oauth2_redirect_url:
-        paths.append(app.swagger_ui_oauth2_redirect_url)
-    return paths
 
 
 def install_browser_policy(app: FastAPI, settings: Settings) -> None:
@@ -84,4 +100,4 @@ def install_browser_policy(app: FastAPI, settings: Settings) -> None:
             allow_credentials=False,
             max_age=600,
         )
-    app.add_middleware(SecurityHeadersMiddleware, docs_paths=docs_paths(app))
+    app.add_middleware(SecurityHeadersMiddleware)
