@@ -120,13 +120,15 @@ def web_server(
                 process.wait(10)
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync driver holds an event loop on this thread while it runs, which would break every
+# asyncio test collected after the browser tests.
+@pytest.fixture(scope="module")
 def playwright_driver() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_driver: Playwright) -> Iterator[Browser]:
     if shutil.which(CHROMIUM) is None:
         # Fail, never skip: a missing browser must not pass as a green page (make install installs it).
