@@ -27,6 +27,7 @@ from inference_api.openai_api.api_router import router as openai_router
 from inference_api.quotas.api_router import router as usage_router
 from inference_api.ratelimit.deps import RateLimitHeadersMiddleware, enforce_rate_limit
 from inference_api.redaction import log_redaction
+from inference_api.responses.api_router import router as responses_router
 from inference_api.services import open_services
 from inference_api.settings import Settings, load_settings
 
@@ -66,7 +67,7 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
     install_browser_policy(app, settings)
     install_error_handlers(app)
     routers = [health_router, inference_router, models_router, chat_router, documents_router]
-    routers += [auth_router, usage_router, observability_router, openai_router]
+    routers += [auth_router, usage_router, observability_router, openai_router, responses_router]
     if settings.prometheus_enabled:
         routers.append(metrics_router(settings.metrics_path))
     for router in routers:
