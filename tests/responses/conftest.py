@@ -36,9 +36,10 @@ def prompts() -> Iterator[Prompts]:
 
 
 def responses_settings(folder: Path, tiny_model_dir: Path, **overrides: Any) -> Settings:
+    folder.mkdir(parents=True, exist_ok=True)
     registry = folder / "models.yaml"
     registry.write_text(yaml.safe_dump({"models": [{"name": "tiny", "path": str(tiny_model_dir)}]}))
-    return make_settings(folder / "data", registry, response_cache_mb=1, **overrides)
+    return make_settings(folder / "data", registry, **{"response_cache_mb": 1, **overrides})
 
 
 @pytest.fixture(scope="module")
