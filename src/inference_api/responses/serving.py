@@ -236,6 +236,7 @@ class ResponsesService:
         record = self._record(call, response_id, completion, turn.job)
         kept = record.model_dump(mode="json", exclude=_NOT_KEPT)
         await self._chat.finish(call.owner, turn, completion, call.arrived, response=kept, store=call.store)
+        call.new_session = False  # it holds the turn now: a client leaving later must not take it away
         return record
 
     async def _undo(self, call: Call) -> None:
