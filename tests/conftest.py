@@ -24,6 +24,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from inference_api.app import create_app
+from inference_api.documents.embedding import Embedder
 from inference_api.modeling import builtin
 from inference_api.settings import ApiKeyConfig, Settings
 
@@ -264,6 +265,12 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    """One embedding model for the run (servers get it instead of loading their own)."""
+    return Embedder.load("cpu")
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from inference_api import __version__
 from inference_api.api.body_limit import BodyLimitMiddleware, json_body_limit
 from inference_api.api.errors import install_error_handlers
 from inference_api.api.request_context import RequestContextMiddleware
-from inference_api.api.security_headers import install_browser_policy
+from inference_api.api.security_headers import BrowserPages, install_browser_policy
 from inference_api.auth.api_router import router as auth_router
 from inference_api.chat.api_router import router as chat_router
 from inference_api.documents.api_router import router as documents_router
@@ -27,9 +27,11 @@ from inference_api.openai_api.api_router import router as openai_router
 from inference_api.quotas.api_router import router as usage_router
 from inference_api.ratelimit.deps import RateLimitHeadersMiddleware, enforce_rate_limit
 from inference_api.redaction import log_redaction
+from inference_api.responses.api_router import router as responses_router
 from inference_api.services import open_services
 from inference_api.settings import Settings, load_settings
 from inference_api.web.api_router import router as web_router
+from inference_api.web.paths import ASSET_PREFIXES, DOCS_PATHS, PAGE_PATH
 
 
 def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> FastAPI:
@@ -67,10 +69,11 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
     # Scrapes are not requests anyone made of the service: they stay out of its own figures.
     scrapes = frozenset({settings.metrics_path} if settings.prometheus_enabled else ())
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, skip_paths=scrapes)
-    install_browser_policy(app, settings)
+    pages = BrowserPages(PAGE_PATH, DOCS_PATHS[0], DOCS_PATHS[1], ASSET_PREFIXES)
+    install_browser_policy(app, settings, pages)
     install_error_handlers(app)
     routers = [health_router, inference_router, models_router, chat_router, documents_router]
-    routers += [auth_router, usage_router, observability_router, openai_router, web_router]
+    routers += [auth_router, usage_router, observability_router, openai_router, responses_router, web_router]
     if settings.prometheus_enabled:
         routers.append(metrics_router(settings.metrics_path))
     for router in routers:

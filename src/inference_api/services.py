@@ -22,6 +22,7 @@ from inference_api.documents.deps import DocumentsState
 from inference_api.documents.grounding import Grounding
 from inference_api.documents.lazy import LazyDocuments
 from inference_api.engine.service import Engine
+from inference_api.generation.cache import ResponseCache
 from inference_api.generation.deps import GenerationState
 from inference_api.health.deps import HealthState
 from inference_api.maintenance import Maintenance
@@ -58,6 +59,7 @@ class Services:
     auth: Authenticator
     rate_limits: RateLimiter
     quotas: TokenQuotas
+    response_cache: ResponseCache
 
     async def refresh_store_gauges(self) -> None:
         """Sessions and chunks are counted in their stores when scraped; a store that cannot answer skips its gauge."""
@@ -133,6 +135,9 @@ async def open_services(settings: Settings, metrics: Metrics, stack: AsyncExitSt
     engine = Engine.build(settings, registry, encoder, metrics)
     engine.budget = quotas
     grounding = Grounding(documents, k=settings.rag_top_k, min_score=settings.rag_min_score)
+    response_cache = ResponseCache(int(settings.response_cache_mb * 1024 * 1024), metrics)
+    engine.on_model_change.append(response_cache.forget_model)
+    documents.on_change.append(response_cache.forget_owner)
     maintenance = Maintenance()
     schedule_jobs(maintenance, settings, sessions, documents)
     memory = watch_memory(maintenance, settings, engine, metrics)
@@ -157,6 +162,7 @@ async def open_services(settings: Settings, metrics: Metrics, stack: AsyncExitSt
         auth=auth,
         rate_limits=rate_limits,
         quotas=quotas,
+        response_cache=response_cache,
     )
 
 

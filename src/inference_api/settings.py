@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     rag_top_k: int = Field(default=4, ge=1, le=20)
     rag_min_score: float = Field(default=0.25, ge=-1.0, le=1.0)
     summary_max_tokens: int = Field(default=96, ge=16)
+    response_cache_mb: float = Field(default=0.0, ge=0.0)
     maintenance_interval: float = Field(default=300.0, gt=0)
     drain_timeout: float = Field(default=30.0, ge=0)
 

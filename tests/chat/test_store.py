@@ -267,6 +267,25 @@ async def test_branch_out_of_range_names_at_message(store: SessionStore, at_mess
     assert await store.count() == 1
 
 
+async def test_truncate_keeps_the_first_messages_and_appends_follow_them(store: SessionStore) -> None:
+    session = await store.create("alice", messages=[user("1"), assistant("2"), user("3"), assistant("4")])
+
+    cut = await store.truncate("alice", session.id, keep=2)
+    assert contents(cut) == ["1", "2"]
+    assert await store.get("alice", session.id) == cut
+    assert contents(await store.append("alice", session.id, [user("5")])) == ["1", "2", "5"]
+    assert contents(await store.truncate("alice", session.id, keep=0)) == []
+    assert contents(await store.append("alice", session.id, [user("6")])) == ["6"]
+    for bad in (-1, 2):
+        with pytest.raises(ServiceError) as caught:
+            await store.truncate("alice", session.id, keep=bad)
+        assert caught.value.details is not None and caught.value.details[0]["field"] == "keep"
+    with pytest.raises(ServiceError) as caught:
+        await store.truncate("bob", session.id, keep=0)
+    assert caught.value.code == ErrorCode.SESSION_NOT_FOUND
+    assert contents(await store.get("alice", session.id)) == ["6"]
+
+
 async def test_fold_replaces_the_summary_and_drops_what_it_covers(store: SessionStore) -> None:
     session = await store.create("alice", messages=[user(str(i)) for i in range(6)])
 

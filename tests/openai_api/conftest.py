@@ -48,11 +48,6 @@ def serving(app: FastAPI) -> Iterator[str]:
         thread.join(60)
 
 
-@pytest.fixture(scope="session")
-def embedder() -> Embedder:
-    return Embedder.load("cpu")
-
-
 @pytest.fixture(scope="module")
 def server(
     tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, tiny_adapters: dict[str, Path], embedder: Embedder

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference_api.settings import Settings
-from inference_api.web.paths import ASSET_PREFIXES, DOCS_PATHS, PAGE_PATH
 
 # The API serves JSON and event streams only: nothing in a response may load, run or frame anything.
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -43,16 +44,27 @@ _FIXED = (
 _POLICY_HEADERS = {name for name, _ in _FIXED} | {b"content-security-policy", b"cache-control"}
 
 
-def policy_of(path: str) -> tuple[str, str]:
+@dataclass(frozen=True)
+class BrowserPages:
+    """Where the app serves pages for a browser (the composition root says, from the web feature's paths)."""
+
+    page: str  # the chat page
+    docs: str  # Swagger UI
+    redoc: str
+    asset_prefixes: tuple[str, ...]  # files addressed by a hash of their contents
+
+
+def policy_of(path: str, pages: BrowserPages | None) -> tuple[str, str]:
     """The CSP and Cache-Control for a path: the web page, the docs, their files, or the API."""
-    if path == PAGE_PATH:
-        return PAGE_CSP, "no-cache"
-    if path == DOCS_PATHS[0]:
-        return DOCS_CSP, "no-cache"
-    if path == DOCS_PATHS[1]:
-        return REDOC_CSP, "no-cache"
-    if path.startswith(ASSET_PREFIXES):
-        return PAGE_CSP, ASSET_CACHE
+    if pages is not None:
+        if path == pages.page:
+            return PAGE_CSP, "no-cache"
+        if path == pages.docs:
+            return DOCS_CSP, "no-cache"
+        if path == pages.redoc:
+            return REDOC_CSP, "no-cache"
+        if path.startswith(pages.asset_prefixes):
+            return PAGE_CSP, ASSET_CACHE
     return API_CSP, "no-store"
 
 
@@ -63,14 +75,15 @@ class SecurityHeadersMiddleware:
     files and nothing else, and those files (found only under the address of their current contents) are kept.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, pages: BrowserPages | None = None) -> None:
         self.app = app
+        self.pages = pages
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        csp, cache = policy_of(scope["path"])
+        csp, cache = policy_of(scope["path"], self.pages)
         added = [*_FIXED, (b"content-security-policy", csp.encode())]
         if scope.get("scheme") == "https":
             added.append((b"strict-transport-security", b"max-age=31536000; includeSubDomains"))
@@ -87,7 +100,7 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-def install_browser_policy(app: FastAPI, settings: Settings) -> None:
+def install_browser_policy(app: FastAPI, settings: Settings, pages: BrowserPages | None = None) -> None:
     """CORS (only with CORS_ORIGINS set), then the security headers outermost, so every response has them."""
     if settings.cors_origins:
         app.add_middleware(
@@ -100,4 +113,4 @@ def install_browser_policy(app: FastAPI, settings: Settings) -> None:
             allow_credentials=False,
             max_age=600,
         )
-    app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware, pages=pages)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from inference_api.api.disconnect import cancel_on_disconnect
 from inference_api.api.errors import request_id_of
 from inference_api.api.sse import event_stream
 from inference_api.auth.deps import ChatCallerDep
+from inference_api.chat.analysis import Analysis, analyse
 from inference_api.chat.deps import ChatDep, SessionsDep
 from inference_api.chat.protocol import (
     BranchRequest,
@@ -25,6 +27,9 @@ from inference_api.chat.protocol import (
     StartResponse,
 )
 from inference_api.chat.types import Session
+from inference_api.documents.deps import DocumentsDep
+from inference_api.documents.embedding import Vectors
+from inference_api.generation.deps import EngineDep
 
 router = APIRouter(prefix="/chat", tags=["chat"])
 
@@ -86,6 +91,29 @@ async def list_sessions(caller: ChatCallerDep, sessions: SessionsDep) -> Session
 async def get_session(session_id: str, caller: ChatCallerDep, sessions: SessionsDep) -> SessionView:
     """One of your sessions with its messages and summary."""
     return view(await sessions.get(caller.name, session_id))
+
+
+@router.get("/{session_id}/analysis", response_model=Analysis)
+async def analyse_session(
+    session_id: str,
+    caller: ChatCallerDep,
+    sessions: SessionsDep,
+    engine: EngineDep,
+    documents: DocumentsDep,
+    topic_threshold: Annotated[float, Query(ge=-1.0, le=1.0)] = 0.3,
+) -> Analysis:
+    """Messages and tokens by role, reply times (p50, max), turn lengths, summaries, and how the topic moved
+    between your turns (cosine similarity of consecutive user messages in all-MiniLM-L6-v2)."""
+    session = await sessions.get(caller.name, session_id)
+    base = session.base_model or engine.registry.default.base
+
+    def count(text: str) -> int:
+        return len(engine.encoder.encode_raw(base, text).ids)
+
+    async def embed(texts: list[str]) -> Vectors:
+        return await (await documents.get()).embedder.embed_async(texts)
+
+    return await analyse(session, count, embed, threshold=topic_threshold)
 
 
 @router.delete("/{session_id}", response_model=Deleted)

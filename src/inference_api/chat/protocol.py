@@ -41,10 +41,12 @@ class ChatMessage(BaseModel):
     timestamp: float
     sources: list[dict[str, Any]] | None = None
     usage: dict[str, Any] | None = None
+    response_id: str | None = Field(default=None, description="The reply's id at /v1/responses, if it was made there.")
 
     @classmethod
     def of(cls, message: Message) -> ChatMessage:
-        return cls(**message.model_dump())
+        response_id = message.response.get("id") if message.response else None
+        return cls(**message.model_dump(exclude={"response"}), response_id=response_id)
 
 
 class SessionView(BaseModel):
@@ -79,6 +81,7 @@ class Usage(BaseModel):
     prompt_tokens: int
     tokens_generated: int
     finish_reason: str
+    cached: bool = False  # answered from the response cache
     queue_time: float
     generation_time: float
     response_time: float

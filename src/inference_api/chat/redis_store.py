@@ -32,6 +32,7 @@ from inference_api.chat.types import (
     SessionInfo,
     check_branch_point,
     check_fold,
+    check_truncate,
     new_session_id,
     session_not_found,
 )
@@ -79,6 +80,20 @@ if folded < 0 or folded > count then return count end
 if folded > 0 then redis.call('LTRIM', KEYS[2], folded, -1) end
 redis.call('HSET', KEYS[1], 'summary', ARGV[4], 'updated_at', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'summarized_turns', folded)
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
+return {redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1)}
+"""
+
+# KEYS: session, messages, owner index, all index. ARGV: id, updated_at, all-index member, keep.
+# Returns {fields, messages}, nil, or the message count when `keep` is out of range.
+_TRUNCATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local keep = tonumber(ARGV[4])
+local count = redis.call('LLEN', KEYS[2])
+if keep < 0 or keep > count then return count end
+if keep == 0 then redis.call('DEL', KEYS[2]) else redis.call('LTRIM', KEYS[2], 0, keep - 1) end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
 return {redis.call('HGETALL', KEYS[1]), redis.call('LRANGE', KEYS[2], 0, -1)}
@@ -133,6 +148,7 @@ class RedisSessionStore:
         self._get = client.register_script(_GET)
         self._append = client.register_script(_APPEND)
         self._fold = client.register_script(_FOLD)
+        self._truncate = client.register_script(_TRUNCATE)
         self._delete = client.register_script(_DELETE)
         self._expire_one = client.register_script(_EXPIRE_ONE)
 
@@ -225,6 +241,17 @@ class RedisSessionStore:
             raise session_not_found(session_id)
         if isinstance(result, int):
             check_fold(folded, result)
+        return _decode(result)
+
+    async def truncate(self, owner: str, session_id: str, *, keep: int) -> Session:
+        result = await self._truncate(
+            keys=self._keys(owner, session_id),
+            args=[session_id, repr(time.time()), _member(owner, session_id), keep],
+        )
+        if result is None:
+            raise session_not_found(session_id)
+        if isinstance(result, int):
+            check_truncate(keep, result)
         return _decode(result)
 
     async def branch(self, owner: str, session_id: str, *, at_message: int) -> Session:

@@ -6,8 +6,10 @@ at once to one session are applied one after the other and neither turn is lost.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from inference_api.api.errors import error_body
 from inference_api.api.sse import sse
@@ -69,25 +71,44 @@ class ChatService:
         return StartResponse(session_id=session.id, messages=[ChatMessage.of(m) for m in session.messages], reply=reply)
 
     async def reply(self, owner: str, session_id: str, body: SendRequest, arrived: float) -> ChatReply:
+        async with self.turn(owner, session_id, body, arrived) as turn:
+            completion = await self._pipeline.complete(turn.job)
+            return await self.finish(owner, turn, completion, arrived)
+
+    @contextlib.asynccontextmanager
+    async def turn(
+        self,
+        owner: str,
+        session_id: str,
+        body: SendRequest,
+        arrived: float,
+        *,
+        system_prompt: str | None = None,
+        check: Callable[[Session], None] | None = None,
+    ) -> AsyncIterator[Turn]:
+        """A turn on the session, planned (folded to fit, grounded when asked) with the session's lock held until the
+        block ends: the caller completes or streams `turn.job` and stores the answer with `finish` inside it.
+
+        `system_prompt` replaces the session's for this turn; `check` sees the session as read under the lock
+        (and may refuse the turn by raising)."""
         self._check(body)
         async with self._store.lock(owner, session_id, wait=self._engine.limits.request_timeout) as session:
-            turn = await self._plan(owner, session, body, arrived)
-            completion = await self._pipeline.complete(turn.job)
-            return await self._store_reply(owner, turn, completion, arrived)
+            if check is not None:
+                check(session)
+            yield await self._plan(owner, session, body, arrived, system_prompt)
 
     async def reply_stream(
         self, owner: str, session_id: str, body: SendRequest, arrived: float, request_id: str | None
     ) -> AsyncIterator[str]:
         """SSE like /infer: text deltas, then the stored reply. The turn is stored only if it completes."""
         try:
-            async with self._store.lock(owner, session_id, wait=self._engine.limits.request_timeout) as session:
-                turn = await self._plan(owner, session, body, arrived)
+            async with self.turn(owner, session_id, body, arrived) as turn:
                 await self._pipeline.submit(turn.job)
                 async for event in self._pipeline.events(turn.job):
                     if isinstance(event, TextDelta):
                         yield sse({"delta": event.text})
                     else:
-                        reply = await self._store_reply(owner, turn, event, arrived)
+                        reply = await self.finish(owner, turn, event, arrived)
                         yield sse(reply.model_dump(mode="json", by_alias=True))
         except ServiceError as exc:
             yield sse(error_body(exc, request_id), event="error")
@@ -102,7 +123,9 @@ class ChatService:
         check_max_new_tokens(body.max_new_tokens, self._engine.limits.max_new_tokens)
         self._engine.check_accepting()
 
-    async def _plan(self, owner: str, session: Session, body: SendRequest, arrived: float) -> Turn:
+    async def _plan(
+        self, owner: str, session: Session, body: SendRequest, arrived: float, system_prompt: str | None = None
+    ) -> Turn:
         ref = ModelRef(
             session.base_model or self._engine.registry.default.base, session.adapter_version or BASE_VERSION
         )
@@ -112,7 +135,8 @@ class ChatService:
         async def encode(grounds: Grounds | None) -> EncodedPrompt:
             """The conversation as it fits: while it does not, older messages are folded into the summary."""
             nonlocal session, folded
-            system = grounds.system_prompt(session.system_prompt) if grounds else session.system_prompt
+            own = session.system_prompt if system_prompt is None else system_prompt
+            system = grounds.system_prompt(own) if grounds else own
             while True:
                 encoded = await self._encode(ref, _conversation(session, system, body.message))
                 try:
@@ -167,12 +191,26 @@ class ChatService:
     async def _encode(self, ref: ModelRef, messages: list[TemplateMessage]) -> EncodedPrompt:
         return await self._pipeline.encode_chat(ref, messages)
 
-    async def _store_reply(self, owner: str, turn: Turn, completion: Completion, arrived: float) -> ChatReply:
+    async def finish(
+        self,
+        owner: str,
+        turn: Turn,
+        completion: Completion,
+        arrived: float,
+        *,
+        response: dict[str, Any] | None = None,
+        store: bool = True,
+    ) -> ChatReply:
+        """The reply to a turn, stored with its message (unless `store` is false); `response` is kept on the reply's
+        message (a Responses API answer's record)."""
         usage = Usage(**figures(completion, arrived))
         found = turn.job.sources
         sources = [s.model_dump() for s in found] if found is not None else None
-        assistant = Message(role="assistant", content=completion.text, sources=sources, usage=usage.model_dump())
-        await self._store.append(owner, turn.session.id, [turn.user, assistant])
+        assistant = Message(
+            role="assistant", content=completion.text, sources=sources, usage=usage.model_dump(), response=response
+        )
+        if store:
+            await self._store.append(owner, turn.session.id, [turn.user, assistant])
         return ChatReply(
             session_id=turn.session.id,
             message=ChatMessage.of(assistant),

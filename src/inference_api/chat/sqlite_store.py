@@ -28,6 +28,7 @@ from inference_api.chat.types import (
     SessionInfo,
     check_branch_point,
     check_fold,
+    check_truncate,
     new_session_id,
     session_not_found,
 )
@@ -143,6 +144,9 @@ class SqliteSessionStore:
 
     async def fold(self, owner: str, session_id: str, *, summary: str, folded: int) -> Session:
         return await self._run(self._fold_sync, owner, session_id, summary, folded)
+
+    async def truncate(self, owner: str, session_id: str, *, keep: int) -> Session:
+        return await self._run(self._truncate_sync, owner, session_id, keep)
 
     async def branch(self, owner: str, session_id: str, *, at_message: int) -> Session:
         return await self._run(self._branch_sync, owner, session_id, at_message)
@@ -270,6 +274,18 @@ class SqliteSessionStore:
             db.execute(
                 "UPDATE sessions SET summary = ?, summarized_turns = summarized_turns + ? WHERE owner = ? AND id = ?",
                 (summary, folded, owner, session_id),
+            )
+            _touch(db, owner, session_id)
+            return _load(db, owner, session_id)
+
+    def _truncate_sync(self, owner: str, session_id: str, keep: int) -> Session:
+        with _write(self._db) as db:
+            _require(db, owner, session_id)
+            check_truncate(keep, _message_count(db, owner, session_id))
+            db.execute(
+                "DELETE FROM messages WHERE owner = ? AND session_id = ? AND seq NOT IN"
+                " (SELECT seq FROM messages WHERE owner = ? AND session_id = ? ORDER BY seq LIMIT ?)",
+                (owner, session_id, owner, session_id, keep),
             )
             _touch(db, owner, session_id)
             return _load(db, owner, session_id)

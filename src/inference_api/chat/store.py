@@ -51,6 +51,10 @@ class SessionStore(Protocol):
         """Replace the summary and drop the `folded` oldest messages it now covers, in one step."""
         ...
 
+    async def truncate(self, owner: str, session_id: str, *, keep: int) -> Session:
+        """Keep the first `keep` messages and drop the rest, in one step."""
+        ...
+
     async def branch(self, owner: str, session_id: str, *, at_message: int) -> Session:
         """A new session with the first `at_message` messages (and the summary); the original is untouched."""
         ...

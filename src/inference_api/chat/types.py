@@ -28,6 +28,7 @@ class Message(BaseModel):
     timestamp: float = Field(default_factory=time.time)
     sources: list[dict[str, Any]] | None = None  # retrieved document chunks the reply drew on
     usage: dict[str, Any] | None = None  # token counts and timings of the generation that wrote it
+    response: dict[str, Any] | None = None  # the reply's record as a Responses API answer (id, settings), if it is one
 
 
 class Session(BaseModel):
@@ -123,4 +124,11 @@ def check_fold(folded: int, message_count: int) -> None:
     if not 0 <= folded <= message_count:
         raise ServiceError.invalid(
             "folded", f"must be between 0 and {message_count} (the session has {message_count} messages)"
+        )
+
+
+def check_truncate(keep: int, message_count: int) -> None:
+    if not 0 <= keep <= message_count:
+        raise ServiceError.invalid(
+            "keep", f"must be between 0 and {message_count} (the session has {message_count} messages)"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from inference_api.documents.service import DocumentService
 from inference_api.documents.types import SearchHit
@@ -18,6 +19,8 @@ class LazyDocuments:
         self._settings = settings
         self._service: DocumentService | None = None
         self._lock = asyncio.Lock()
+        # Called with an owner's name when a document of theirs is stored or deleted (the service's own hook).
+        self.on_change: list[Callable[[str], object]] = []
 
     @property
     def loaded(self) -> DocumentService | None:
@@ -34,6 +37,7 @@ class LazyDocuments:
                     chroma_url=settings.chroma_url,
                     max_upload_bytes=settings.max_upload_bytes,
                 )
+                self._service.on_change = self.on_change
             return self._service
 
     async def search(self, owner: str, query: str, k: int = 5) -> list[SearchHit]:

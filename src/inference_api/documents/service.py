@@ -88,6 +88,8 @@ class DocumentService:
         self._clock = clock
         # Two uploads of the same document in this process queue instead of both doing the work.
         self._locks = KeyedLocks()
+        # Called with the owner's name when a document of theirs is stored or deleted.
+        self.on_change: list[Callable[[str], object]] = []
 
     @classmethod
     def build(
@@ -155,6 +157,8 @@ class DocumentService:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(self.store.delete_document, info)
                 raise
+            finally:
+                self._changed(owner)
         logger.info(
             "stored document %s (%s, %d bytes, %d chunks) in %.2fs",
             document_id,
@@ -164,6 +168,10 @@ class DocumentService:
             time.perf_counter() - started,
         )
         return _result(info, duplicate=False)
+
+    def _changed(self, owner: str) -> None:
+        for listener in self.on_change:
+            listener(owner)
 
     async def list(self, owner: str) -> builtins.list[DocumentInfo]:
         """The owner's documents, oldest first."""
@@ -179,7 +187,10 @@ class DocumentService:
         _check_owner(owner)
         async with self._locks.hold(document_id):
             info = await asyncio.to_thread(self._owned, owner, document_id)
-            await asyncio.to_thread(self.store.delete_document, info)
+            try:
+                await asyncio.to_thread(self.store.delete_document, info)
+            finally:
+                self._changed(owner)
         logger.info("deleted document %s (%d chunks)", document_id, info.chunks)
         return DeleteResult(document_id, info.chunks)
 

@@ -137,8 +137,11 @@ class TokenTable:
 class RowGrammar:
     """One row's matcher: what may come next, and the token that came."""
 
-    def __init__(self, table: TokenTable, grammar: str, *, json: bool, close_within_budget: bool = True) -> None:
+    def __init__(
+        self, table: TokenTable, grammar: str, *, json: bool, close_within_budget: bool = True, spec: GrammarSpec
+    ) -> None:
         self.table = table
+        self.spec = spec  # what it enforces (part of a response-cache key)
         self.matcher = llguidance.LLMatcher(table.tokenizer, grammar, log_level=0)
         # Closing is measured on JSON (schemas, json_object, tool calls): regexes and grammars end as they say.
         self.close_within_budget = close_within_budget and json
@@ -155,7 +158,7 @@ class RowGrammar:
     def copy(self) -> RowGrammar:
         """An independent matcher in the same state (each of `n` choices decodes on its own)."""
         twin = RowGrammar.__new__(RowGrammar)
-        twin.table, twin.close_within_budget = self.table, self.close_within_budget
+        twin.table, twin.close_within_budget, twin.spec = self.table, self.close_within_budget, self.spec
         twin.matcher, twin.scanner = self.matcher.deep_copy(), self.scanner.copy()
         twin._closing, twin._estimate, twin._measured_at = list(self._closing), self._estimate, self._measured_at
         twin._fallback = None
@@ -277,7 +280,9 @@ class Grammars:
         """A fresh matcher for one row (blocking: call it off the event loop); INVALID_GRAMMAR when it cannot be."""
         table = self._table(base)
         json_output = spec.kind in ("json_schema", "json_object")
-        return RowGrammar(table, table.grammar(spec), json=json_output, close_within_budget=close_within_budget)
+        return RowGrammar(
+            table, table.grammar(spec), json=json_output, close_within_budget=close_within_budget, spec=spec
+        )
 
     def _table(self, base: str) -> TokenTable:
         with self._lock:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,6 +54,8 @@ class Engine:
         self.limits = limits
         self.state: EngineState = "starting"
         self.budget: TokenBudget | None = None  # token quotas, set by the composition root
+        # Called with a base model's name when one of its versions is loaded or it is unloaded on request.
+        self.on_model_change: list[Callable[[str], object]] = []
         self.failure: str | None = None
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
@@ -238,12 +241,19 @@ class Engine:
                 ErrorCode.MODEL_LOAD_FAILED,
                 f"loading {ref} failed ({type(exc).__name__}); see the server log",
             ) from exc
+        finally:
+            self._model_changed(ref.base)
 
     async def unload_model(self, base: str) -> int:
         self.registry.get(base)
         if base == self.registry.default.base:
             raise ServiceError(ErrorCode.VALIDATION_ERROR, f"{base!r} is the default model and stays loaded")
+        self._model_changed(base)
         return sum([await w.unload(base) for w in self.workers])
+
+    def _model_changed(self, base: str) -> None:
+        for listener in self.on_model_change:
+            listener(base)
 
     def loaded(self) -> set[ModelRef]:
         return {ref for w in self.workers for ref in w.cache.refs()}

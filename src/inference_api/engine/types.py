@@ -50,6 +50,7 @@ class Completion:
     tokens_generated: int
     queue_time: float
     generation_time: float
+    cached: bool = False  # answered from the response cache (generation/cache.py), not generated
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ A job takes the same steps whoever asks: the limits checked before anything is e
 searched when asked (nothing relevant: a ready answer, said instead of generating); the prompt encoded and held
 to the context, never cut; admission to the engine (queue, token quota); then one event stream, which cancels the
 generation when its listener stops early. It knows the engine and the documents, not HTTP.
+
+In front of the engine sits the response cache (`generation/cache.py`): a deterministic job whose answer is kept
+is answered from it, by `complete` and `events` alike, without being queued.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from inference_api.engine.grammar import GrammarSpec, RowGrammar
 from inference_api.engine.service import Engine, EngineLimits
 from inference_api.engine.types import Completion, GenerationRequest, SamplingParams, TextDelta
 from inference_api.errors import ServiceError
+from inference_api.generation.cache import CachedAnswer, CacheKey, ResponseCache
 from inference_api.generation.limits import check_max_new_tokens, check_token_budget, fit_to_context
 from inference_api.modeling.prompt import EncodedPrompt, Message
 from inference_api.modeling.registry import ModelRef
@@ -36,12 +40,16 @@ class Job:
     ref: ModelRef
     request: GenerationRequest | None
     sources: list[Source] | None = None  # None: documents were not asked for
+    looked_up: bool = False  # the response cache was asked (once per job)
+    key: CacheKey | None = None  # its response-cache key (None: not cacheable)
+    cached: CachedAnswer | None = None  # the kept answer to an identical deterministic job
 
 
 class GenerationPipeline:
-    def __init__(self, engine: Engine, grounding: Grounding) -> None:
+    def __init__(self, engine: Engine, grounding: Grounding, cache: ResponseCache | None = None) -> None:
         self._engine = engine
         self._grounding = grounding
+        self._cache = cache
 
     @property
     def engine(self) -> Engine:
@@ -168,15 +176,21 @@ class GenerationPipeline:
 
     async def submit(self, job: Job) -> None:
         """Queue the job, its owner's token budget reserved (refused at once when over it or when the queue is full):
-        a streaming front-end calls this before its response starts, so the refusal is still a plain HTTP error."""
-        if job.request is not None:
+        a streaming front-end calls this before its response starts, so the refusal is still a plain HTTP error.
+        A job the response cache answers is not queued."""
+        if job.request is not None and self._from_cache(job) is None:
             await self._engine.submit(job.request)
 
     async def complete(self, job: Job) -> Completion:
         """The whole answer (queued now if it was not submitted yet)."""
         if job.request is None:
             return ready_answer(job.ref)
-        return await self._engine.generate(job.request)
+        cached = self._from_cache(job)
+        if cached is not None:
+            return cached.completion
+        completion = await self._engine.generate(job.request)
+        self._keep(job, [completion.text], completion)
+        return completion
 
     async def events(self, job: Job) -> AsyncIterator[TextDelta | Completion]:
         """A submitted job's text deltas, then its completion; a listener that stops early (the client left)
@@ -186,13 +200,38 @@ class GenerationPipeline:
             yield TextDelta(answer.text)
             yield answer
             return
+        cached = self._from_cache(job)
+        if cached is not None:
+            for delta in cached.deltas:
+                yield TextDelta(delta)
+            yield cached.completion
+            return
         request = job.request
+        deltas: list[str] = []
         try:
             async for event in request.events():
+                if isinstance(event, TextDelta):
+                    deltas.append(event.text)
+                else:
+                    self._keep(job, deltas, event)
                 yield event
         finally:
             if not request.finished:
                 self._engine.cancel(request)
+
+    def _from_cache(self, job: Job) -> CachedAnswer | None:
+        """The kept answer to this job, looked up once (at submit, or at completion when not submitted)."""
+        if self._cache is None or job.request is None or job.looked_up:
+            return job.cached
+        job.looked_up = True
+        job.key = self._cache.key(job.request, job.sources)
+        if job.key is not None:
+            job.cached = self._cache.get(job.key)
+        return job.cached
+
+    def _keep(self, job: Job, deltas: list[str], completion: Completion) -> None:
+        if self._cache is not None and job.key is not None:
+            self._cache.put(job.key, deltas, completion)
 
 
 def with_sources(messages: list[Message], grounds: Grounds) -> list[Message]:
@@ -216,11 +255,13 @@ def ready_answer(ref: ModelRef) -> Completion:
 
 
 def figures(completion: Completion, arrived: float) -> dict[str, Any]:
-    """What an answer reports of its generation (/infer's metadata, a chat reply's usage): tokens, finish, times."""
+    """What an answer reports of its generation (/infer's metadata, a chat reply's usage): tokens, finish, whether
+    the response cache answered it, times."""
     return {
         "tokens_generated": completion.tokens_generated,
         "prompt_tokens": completion.prompt_tokens,
         "finish_reason": completion.finish_reason,
+        "cached": completion.cached,
         "queue_time": round(completion.queue_time, 6),
         "generation_time": round(completion.generation_time, 6),
         "response_time": round(time.monotonic() - arrived, 6),

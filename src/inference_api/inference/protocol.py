@@ -88,6 +88,7 @@ class InferMetadata(BaseModel):
     tokens_generated: int
     prompt_tokens: int
     finish_reason: Literal["stop", "length", "grammar_error"]
+    cached: bool = Field(default=False, description="Answered from the response cache (RESPONSE_CACHE_MB).")
     queue_time: float = Field(description="Seconds waiting for a worker.")
     generation_time: float = Field(description="Seconds from the worker taking it to the last token.")
     response_time: float = Field(description="Seconds from arrival to the answer.")

@@ -173,6 +173,15 @@ class Metrics:
         self.error_responses = Counter(
             "error_responses_total", "Error envelopes sent, by error code", ["code"], registry=r
         )
+        self.response_cache_hits = Counter(
+            "response_cache_hits_total", "Deterministic requests answered from the response cache", MODEL, registry=r
+        )
+        self.response_cache_misses = Counter(
+            "response_cache_misses_total", "Deterministic requests the response cache did not hold", MODEL, registry=r
+        )
+        self.response_cache_bytes = Gauge(
+            "response_cache_bytes", "Bytes the response cache holds", multiprocess_mode="livesum", registry=r
+        )
         self._batch_sizes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._initialise(default_model, queue_capacity)
@@ -189,7 +198,8 @@ class Metrics:
             self.queue_capacity.set(queue_capacity)
         if default_model is not None:
             model, version = default_model
-            for counter in (self.tokens_generated, self.prompt_tokens, self.cache_hits, self.cache_misses):
+            counters = (self.tokens_generated, self.prompt_tokens, self.cache_hits, self.cache_misses)
+            for counter in (*counters, self.response_cache_hits, self.response_cache_misses):
                 counter.labels(model, version)
             self.model_load_failures.labels(model, version)
             for domain in DOMAINS:
@@ -280,6 +290,15 @@ class Metrics:
 
     def cache_miss(self, model: str, version: str) -> None:
         self.cache_misses.labels(model, version).inc()
+
+    def response_cache_hit(self, model: str, version: str) -> None:
+        self.response_cache_hits.labels(model, version).inc()
+
+    def response_cache_miss(self, model: str, version: str) -> None:
+        self.response_cache_misses.labels(model, version).inc()
+
+    def response_cache_size(self, size_bytes: int) -> None:
+        self.response_cache_bytes.set(size_bytes)
 
     def model_loaded(self, model: str, version: str, seconds: float, memory_bytes: int) -> None:
         self.model_load_time.labels(model, version).observe(seconds)

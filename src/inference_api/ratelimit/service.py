@@ -26,7 +26,14 @@ logger = logging.getLogger(__name__)
 # The routes that start generating, by route template: they also count against RATE_LIMIT_GENERATION.
 # A route added later gets RATE_LIMIT alone until it is named here.
 GENERATION_ROUTES = frozenset(
-    {"/infer", "/chat/start", "/chat/{session_id}/messages", "/v1/chat/completions", "/v1/completions"}
+    {
+        "/infer",
+        "/chat/start",
+        "/chat/{session_id}/messages",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+    }
 )
 KEY_PREFIX = "inference-api"
 

@@ -1,4 +1,4 @@
-"""Where the web feature answers, for the browser policy (api/security_headers.py) to tell its pages apart."""
+"""Where the web feature answers; the composition root hands them to the browser policy (api/security_headers.py)."""
 
 from __future__ import annotations
 
