@@ -114,8 +114,11 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, service: str) -> Iterat
         yield url
 
 
-def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+def query(prometheus: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+    """An instant query, now or `at` a wall-clock time (so a [1m] window still holds the traffic however long the
+    tests that ask take on a busy machine)."""
+    params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+    response = httpx.get(f"{prometheus}/api/v1/query", params=params, timeout=10)
     body = response.json()
     assert response.status_code == 200 and body["status"] == "success", f"{expr}: {body}"
     result: list[dict[str, Any]] = body["data"]["result"]
@@ -160,7 +163,11 @@ def scraped(prometheus: str, service: str) -> dict[str, str]:
     """Prometheus after traffic and a few scrapes; the service's own exposition, read the same way."""
     drive_traffic(service)
     wait_for_scrapes(prometheus, after=time.time(), count=3)
-    return {"prometheus": prometheus, "exposition": httpx.get(f"{service}/prometheus", timeout=10).text}
+    return {
+        "prometheus": prometheus,
+        "exposition": httpx.get(f"{service}/prometheus", timeout=10).text,
+        "at": f"{time.time():.3f}",
+    }
 
 
 def exported_series(exposition: str) -> set[str]:
@@ -185,13 +192,13 @@ def test_every_metric_the_dashboard_and_alerts_use_is_exported(scraped: dict[str
 @pytest.mark.parametrize("where", sorted(dashboard_expressions()))
 def test_every_dashboard_query_has_data(scraped: dict[str, str], where: str) -> None:
     expr = queryable(dashboard_expressions()[where])
-    assert query(scraped["prometheus"], expr), f"{where}: no data for {expr}"
+    assert query(scraped["prometheus"], expr, at=float(scraped["at"])), f"{where}: no data for {expr}"
 
 
 @pytest.mark.parametrize("alert", sorted(alert_expressions()))
 def test_every_alert_expression_has_data(scraped: dict[str, str], alert: str) -> None:
     expr = queryable(alert_expressions()[alert])
-    assert query(scraped["prometheus"], expr), f"{alert}: no data for {expr}"
+    assert query(scraped["prometheus"], expr, at=float(scraped["at"])), f"{alert}: no data for {expr}"
 
 
 def test_prometheus_evaluates_every_rule_without_error(scraped: dict[str, str]) -> None:
