@@ -128,6 +128,16 @@ def validation_error(exc: RequestValidationError) -> ServiceError:
     return ServiceError(ErrorCode.VALIDATION_ERROR, message, details=details)
 
 
+def _unparsable_body_reason(cause: BaseException | None) -> str:
+    """Why a body could not be parsed at all, for the client: the decoder's own exception names the cause."""
+    if isinstance(cause, RecursionError):
+        # json.loads recurses once per level: a few thousand levels exhaust the interpreter's stack.
+        return "nested too deeply (JSON bodies may nest arrays and objects at most a few hundred levels)"
+    if isinstance(cause, UnicodeError):
+        return "not valid UTF-8 text"
+    return "the body could not be decoded"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
@@ -145,8 +155,8 @@ def install_error_handlers(app: FastAPI) -> None:
             ErrorCode.METHOD_NOT_ALLOWED: f"{request.method} is not allowed on {request.url.path}",
         }.get(code, str(exc.detail))
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-            # FastAPI's words for a body json.loads could not even decode (bytes that are not UTF-8, say).
-            message = "body: malformed JSON: not valid UTF-8 text"
+            # FastAPI's words for a body json.loads failed on without a JSONDecodeError; the cause says which.
+            message = f"body: malformed JSON: {_unparsable_body_reason(exc.__cause__)}"
         response = error_response(ServiceError(code, message), request_id_of(request), request.url.path)
         if exc.headers:
             response.headers.update(exc.headers)
