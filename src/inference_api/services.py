@@ -11,6 +11,7 @@ from inference_api.auth.keys import ApiKeyStore, build_key_store
 from inference_api.auth.service import Authenticator
 from inference_api.auth.tokens import build_token_service
 from inference_api.chat.store import SessionStore, open_session_store
+from inference_api.documents.sandbox import ParseLimits
 from inference_api.documents.service import DocumentService
 from inference_api.documents.types import SearchHit
 from inference_api.engine.service import Engine
@@ -54,6 +55,7 @@ class LazyDocuments:
                     device=settings.device,
                     chroma_url=settings.chroma_url,
                     max_upload_bytes=int(settings.max_upload_mb * 1024 * 1024),
+                    parse_limits=ParseLimits(settings.parse_timeout, settings.parse_memory_mb * 1024 * 1024),
                 )
             return self._service
 

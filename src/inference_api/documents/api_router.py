@@ -11,6 +11,7 @@ from starlette.types import Message
 
 from inference_api.api.body_limit import BodyLimit
 from inference_api.api.deps import DocumentsDep, SettingsDep
+from inference_api.api.disconnect import cancel_on_disconnect
 from inference_api.auth.deps import DocumentsCallerDep
 from inference_api.documents.protocol import (
     DeleteResult,
@@ -97,7 +98,8 @@ async def upload(
     try:
         data = await read_limited(file, cap)
         service = await documents.get()
-        result = await service.ingest(caller.name, file.filename or "upload", data)
+        # A client that leaves stops its parse (the sandbox's child is killed) and everything after it.
+        result = await cancel_on_disconnect(request, service.ingest(caller.name, file.filename or "upload", data))
     finally:
         await form.close()
     return UploadResult(**{k: v for k, v in asdict(result).items() if k in UploadResult.model_fields})
