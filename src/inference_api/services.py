@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -11,8 +12,9 @@ from inference_api.auth.keys import ApiKeyStore, build_key_store
 from inference_api.auth.service import Authenticator
 from inference_api.auth.tokens import build_token_service
 from inference_api.chat.store import SessionStore, open_session_store
+from inference_api.documents.recovery import sweep_at_start
 from inference_api.documents.sandbox import ParseLimits
-from inference_api.documents.service import DocumentService
+from inference_api.documents.service import DEFAULT_ORPHAN_GRACE_SECONDS, DocumentService
 from inference_api.documents.types import SearchHit
 from inference_api.engine.service import Engine
 from inference_api.grounding import Grounding
@@ -167,6 +169,25 @@ def schedule_jobs(
         report = await service.check_integrity(repair=True)
         return {**asdict(report), "ok": report.ok}
 
+    started = time.time()
+    swept = False
+
+    async def sweep_orphans_at_start() -> dict[str, Any] | None:
+        # Chunks a crash left without their document's record (documents/recovery.py); once, at start-up.
+        nonlocal swept
+        if swept:
+            return None
+        result = await asyncio.to_thread(
+            sweep_at_start,
+            data_dir=settings.data_dir / "chroma",
+            chroma_url=settings.chroma_url,
+            process_started=started,
+            grace_seconds=DEFAULT_ORPHAN_GRACE_SECONDS,
+        )
+        swept = True
+        return result
+
+    maintenance.add("vector-orphans-at-start", interval, sweep_orphans_at_start, at_start=True)
     maintenance.add("session-expiry", interval, expire_sessions)
     maintenance.add("vector-duplicates", interval, deduplicate_chunks)
     maintenance.add("vector-integrity", interval, check_vectors)
