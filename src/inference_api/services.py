@@ -18,6 +18,7 @@ from inference_api.documents.service import DEFAULT_ORPHAN_GRACE_SECONDS, Docume
 from inference_api.documents.types import SearchHit
 from inference_api.engine.service import Engine
 from inference_api.grounding import Grounding
+from inference_api.health.dependencies import DependencyMonitor
 from inference_api.maintenance import Maintenance
 from inference_api.modeling import builtin
 from inference_api.modeling.conversion import is_prepared
@@ -85,6 +86,7 @@ class Services:
     auth: Authenticator
     rate_limits: RateLimiter
     quotas: TokenQuotas
+    dependencies: DependencyMonitor
 
 
 def check_configuration(settings: Settings) -> tuple[ApiKeyStore, ModelRegistry]:
@@ -147,6 +149,7 @@ async def build_services(settings: Settings, metrics: Metrics | None = None) -> 
         auth=auth,
         rate_limits=rate_limits,
         quotas=quotas,
+        dependencies=DependencyMonitor(settings),
     )
 
 

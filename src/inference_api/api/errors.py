@@ -16,6 +16,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference_api.errors import HTTP_STATUS, ErrorCode, ServiceError
@@ -162,6 +164,17 @@ def install_error_handlers(app: FastAPI) -> None:
             response.headers.update(exc.headers)
         return response
 
+    async def on_unreachable_store(request: Request, exc: Exception) -> JSONResponse:
+        # A store called without a guard of its own (chat/availability.py guards sessions): still a 503 that
+        # says what is missing, never a 500.
+        logger.warning("%s %s: a store could not be reached: %r", request.method, request.url.path, exc)
+        error = ServiceError(
+            ErrorCode.DEPENDENCY_UNAVAILABLE, "a store this route needs (Redis) cannot be reached", retry_after=5
+        )
+        return error_response(error, request_id_of(request), request.url.path)
+
+    app.add_exception_handler(RedisConnectionError, on_unreachable_store)
+    app.add_exception_handler(RedisTimeoutError, on_unreachable_store)
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

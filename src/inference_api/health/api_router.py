@@ -16,6 +16,7 @@ from inference_api.errors import ErrorCode, ServiceError
 from inference_api.health.protocol import CachedModelInfo, Health, Readiness, Status
 from inference_api.modeling.registry import ModelRef
 from inference_api.redaction import redact_url
+from inference_api.services import Services
 from inference_api.settings import Settings
 
 router = APIRouter(tags=["health"])
@@ -28,19 +29,30 @@ async def health() -> Health:
 
 
 @router.get("/ready", response_model=Readiness, responses={503: {"description": "Not ready, or draining."}})
-async def ready(engine: EngineDep) -> Readiness:
-    """Readiness: 200 once the default model is loaded and warmed, 503 before that and while draining."""
+async def ready(engine: EngineDep, services: ServicesDep) -> Readiness:
+    """Readiness: 200 once the default model is loaded and warmed, 503 before that and while draining.
+
+    A dependency that is down (Redis, a Chroma server) is listed under `degraded` but keeps the replica
+    ready: every replica shares it, and generation without it still works (health/dependencies.py)."""
     if engine.state in ("draining", "stopped"):
         raise ServiceError(ErrorCode.SHUTTING_DOWN, "the server is draining", retry_after=5)
     if not engine.ready:
         raise ServiceError(ErrorCode.MODEL_NOT_READY, f"the default model is {engine.state}", retry_after=5)
-    return Readiness(status="ready", model=str(engine.registry.default), timestamp=time.time())
+    states = await services.dependencies.check(suspect=_suspect(services))
+    return Readiness(
+        status="degraded" if any(s.up is False for s in states.values()) else "ready",
+        model=str(engine.registry.default),
+        timestamp=time.time(),
+        degraded=[name for name, state in states.items() if state.up is False],
+        dependencies={name: "up" if state.up else "down" for name, state in states.items()},
+    )
 
 
 @router.get("/status", response_model=Status)
 async def status(_: CallerDep, engine: EngineDep, services: ServicesDep) -> Status:
     """Service state: models, queue, workers, memory."""
     snapshot = engine.snapshot()
+    states = await services.dependencies.check(suspect=_suspect(services))
     loaded = engine.loaded()
     info = [
         CachedModelInfo(
@@ -65,9 +77,25 @@ async def status(_: CallerDep, engine: EngineDep, services: ServicesDep) -> Stat
         workers=snapshot["workers"],
         memory=memory_report(),
         maintenance=services.maintenance.report(),
-        sessions=await services.sessions.count(),
+        sessions=await _session_count(services),
         backends=backends(services.settings),
+        degraded=[name for name, state in states.items() if state.up is False],
+        dependencies={name: state.view() for name, state in states.items()},
     )
+
+
+def _suspect(services: Services) -> list[str]:
+    """Dependencies a store saw fail since they were last checked: checked again now, not after the cache."""
+    sessions_failing = getattr(services.sessions, "available", True) is False
+    return ["redis"] if sessions_failing or services.quotas.degraded else []
+
+
+async def _session_count(services: Services) -> int | None:
+    """The number of sessions, or None when the store cannot say (a Redis outage is shown, not a 500)."""
+    try:
+        return await services.sessions.count()
+    except ServiceError:
+        return None
 
 
 def backends(settings: Settings) -> dict[str, str | None]:
