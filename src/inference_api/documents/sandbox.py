@@ -92,12 +92,13 @@ class ParseSandbox:
             name="document-parse",
             daemon=True,
         )
-        started = time.monotonic()
         reply: object = None
         timed_out = False
         try:
-            # Starting talks to the fork server (and starts it, the first time: seconds): not on the loop.
+            # Starting talks to the fork server (and starts it, the first time: seconds): not on the loop,
+            # and not on the parse's clock.
             await asyncio.to_thread(process.start)
+            started = time.monotonic()
             if process.pid is not None:
                 self.children.add(process.pid)
             sender.close()  # the child's end: once the child exits, reading sees EOF rather than waiting
