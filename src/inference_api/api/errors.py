@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -173,6 +174,18 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return error_response(error, request_id_of(request), request.url.path)
 
+    async def on_unreachable_vectors(request: Request, exc: Exception) -> JSONResponse:
+        # The Chroma server's client speaks httpx: a refused or timed-out call is the server being away.
+        logger.warning("%s %s: the Chroma server could not be reached: %r", request.method, request.url.path, exc)
+        error = ServiceError(
+            ErrorCode.DEPENDENCY_UNAVAILABLE,
+            "the document store (Chroma server) cannot be reached; documents are unavailable for now, "
+            "generation without use_documents still works",
+            retry_after=5,
+        )
+        return error_response(error, request_id_of(request), request.url.path)
+
+    app.add_exception_handler(httpx.TransportError, on_unreachable_vectors)
     app.add_exception_handler(RedisConnectionError, on_unreachable_store)
     app.add_exception_handler(RedisTimeoutError, on_unreachable_store)
     app.add_exception_handler(ServiceError, on_service_error)
