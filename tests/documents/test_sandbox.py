@@ -71,3 +71,15 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_large_text_comes_back_under_uvloop() -> None:
+    # The server runs on uvloop, which left the pipe non-blocking after watching it: a text larger than the
+    # pipe's buffer failed with EAGAIN (a 500) in the reliability suite's kill -9 run.
+    import uvloop
+
+    text = "The vault opens on weekdays only.\n\n" * 10_000  # 350 kB, several times the pipe's buffer
+    sandbox = ParseSandbox(limits=ParseLimits(timeout=120))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        parsed = runner.run(sandbox.parse("long.txt", text.encode()))
+    assert len(parsed.text) > 300_000

@@ -18,6 +18,7 @@ import importlib
 import logging
 import math
 import multiprocessing
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -180,6 +181,9 @@ async def _receive(connection: Connection) -> object:
         await readable
     finally:
         loop.remove_reader(fd)
+    # uvloop leaves a watched descriptor non-blocking: recv of a text larger than the pipe's buffer then
+    # failed with EAGAIN (a 500) instead of waiting for the rest.
+    os.set_blocking(fd, True)
     # Readable means the message has begun (or EOF): the rest follows at once, a large text in a thread.
     return await asyncio.to_thread(connection.recv)
 
