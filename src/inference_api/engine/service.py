@@ -58,6 +58,8 @@ class Engine:
         self._drain_started: float | None = None  # monotonic time of SIGTERM
         self._drain_timer: asyncio.TimerHandle | None = None
         self.cut_by_drain = 0  # requests answered SHUTTING_DOWN because DRAIN_TIMEOUT passed
+        # Every request admitted and not yet answered, wherever it is: queued, being prefilled, in a batch.
+        self._unanswered: set[GenerationRequest] = set()
 
     @classmethod
     def build(
@@ -173,9 +175,11 @@ class Engine:
         except ServiceError as exc:
             self.metrics.request_rejected("queue_full" if exc.code is ErrorCode.OVERLOADED else "shutting_down")
             raise
+        self._unanswered.add(request)
 
     def _finished(self, request: GenerationRequest, outcome: Completion | Failure) -> None:
         """Count a generation's end, and add it to the HTTP request it served (for the access line)."""
+        self._unanswered.discard(request)
         ref = request.model
         if isinstance(outcome, Failure):
             self.metrics.generation_failed(ref.base, ref.version, outcome.error.code)
@@ -215,6 +219,7 @@ class Engine:
         if not request.cancelled and not request.finished:
             self.metrics.request_cancelled("disconnect")
         request.cancelled = True
+        self._unanswered.discard(request)
         self.queue.remove(request)
         # A cancelled request gets no final event from its worker; its reservation is refunded now.
         request.settle(0)
@@ -276,16 +281,17 @@ class Engine:
         for request in self.queue.drain():
             request.fail(ErrorCode.SHUTTING_DOWN, "the server shut down before this request was served")
             cut += 1
-        for worker in self.workers:
-            for request in worker.running():
-                if not request.finished:
-                    request.fail(
-                        ErrorCode.SHUTTING_DOWN,
-                        "the server shut down during generation (DRAIN_TIMEOUT passed); retry on another replica",
-                    )
-                    cut += 1
-                # The worker drops it at its next step, as for a client that left.
-                request.cancelled = True
+        # Running, and also taken from the queue but not in a batch yet (a prefill under way): all of them.
+        running = {request for worker in self.workers for request in worker.running()}
+        for request in running | self._unanswered:
+            if not request.finished:
+                request.fail(
+                    ErrorCode.SHUTTING_DOWN,
+                    "the server shut down during generation (DRAIN_TIMEOUT passed); retry on another replica",
+                )
+                cut += 1
+            # Its worker drops it at its next step (or before its prefill), as for a client that left.
+            request.cancelled = True
         if cut:
             logger.warning("drain timeout: %d requests answered SHUTTING_DOWN", cut)
         self.cut_by_drain += cut
