@@ -335,12 +335,12 @@ def redis_outage(work: Path) -> Row:
             down_at = time.monotonic()
             infer = fire(server, [SHORT] * 4)
             stream = fire(server, [{**SHORT, "stream": True}] * 2)
-            chat = fire(server, [{"message": "hi", "max_new_tokens": 4}] * 2, path="/chat/start")
+            chat = fire(server, [{}] * 2, path="/chat/start")
             ready = server.get("/ready").json()
             status = server.get("/status").status_code
             redis.start()  # on the same port: where the server's clients point
             recovery = wait_until(
-                lambda: server.post("/chat/start", json={"message": "hi", "max_new_tokens": 4}).status_code == 200,
+                lambda: server.post("/chat/start", json={}).status_code == 200,
                 60,
                 "sessions back",
             )
@@ -562,10 +562,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=list(SCENARIOS), help="run only these scenarios")
     parser.add_argument("--soak-seconds", type=float, default=180.0)
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--keep", type=Path, help="work (servers' data and logs) in this folder, and keep it")
     args = parser.parse_args(argv)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="reliability-") as folder:
-        work = Path(folder)
+        work = args.keep or Path(folder)
         # The model is converted once into the shared test cache, then copied in by each server's DATA_DIR.
         models = ROOT / ".cache" / "test-data" / "models"
         for name in args.only or list(SCENARIOS):
@@ -585,9 +586,12 @@ def main(argv: list[str] | None = None) -> int:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.symlink_to(models)
             try:
-                rows += SCENARIOS[name](work, args)
+                done = SCENARIOS[name](work, args)
             except Exception as exc:  # one broken scenario must not hide the others' figures
-                rows.append(Row(name, "error", f"{type(exc).__name__}: {str(exc)[:300]}", False))
+                done = [Row(name, "error", f"{type(exc).__name__}: {str(exc)[:300]}", False)]
+            rows += done
+            for row in done:  # as it comes, so that an interrupted run keeps what it measured
+                print(f"    {row}", file=sys.stderr, flush=True)
     print(f"\nmachine: {machine()}\ndate: {time.strftime('%Y-%m-%d %H:%M %Z')}\n")
     print("| scenario | statuses | figures | holds | notes |\n|---|---|---|---|---|")
     for row in rows:
