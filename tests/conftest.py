@@ -213,10 +213,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, port: int | None = None) -> None:
+        """Start on a free port, or on `port` (a restart where clients already point)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(5):  # another process may take the port between choosing and binding it
-            self.port = _free_port()
+            self.port = port or _free_port()
             persistence = (
                 ["--save", "", "--appendonly", "yes"] if self.persistent else ["--save", "", "--appendonly", "no"]
             )

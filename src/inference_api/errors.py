@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     TIMEOUT = "TIMEOUT"
     CANCELLED = "CANCELLED"
     NOT_CONFIGURED = "NOT_CONFIGURED"
+    DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -60,6 +61,8 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.CANCELLED: 499,
     # A feature this server was not set up for (POST /auth/token without a JWT secret or key pair).
     ErrorCode.NOT_CONFIGURED: 501,
+    # A store the route cannot work without (Redis for sessions) is unreachable; other routes keep serving.
+    ErrorCode.DEPENDENCY_UNAVAILABLE: 503,
     ErrorCode.INTERNAL_ERROR: 500,
 }
 

@@ -34,11 +34,17 @@ class Maintenance:
     jobs: dict[str, tuple[Job, JobRecord]] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
     _log_levels: dict[str, int] = field(default_factory=dict)
+    _at_start: set[str] = field(default_factory=set)
 
-    def add(self, name: str, interval: float, job: Job, *, log_level: int = logging.INFO) -> None:
-        """Register a job; a frequent one logs its results at a lower level (`log_level`)."""
+    def add(
+        self, name: str, interval: float, job: Job, *, log_level: int = logging.INFO, at_start: bool = False
+    ) -> None:
+        """Register a job; a frequent one logs its results at a lower level (`log_level`); `at_start` runs it
+        first as soon as maintenance starts (recovery after a crash should not wait a whole interval)."""
         self.jobs[name] = (job, JobRecord(name, interval))
         self._log_levels[name] = log_level
+        if at_start:
+            self._at_start.add(name)
 
     async def run_once(self, name: str) -> JobRecord:
         job, record = self.jobs[name]
@@ -63,7 +69,8 @@ class Maintenance:
         self._task = asyncio.create_task(self._loop(), name="maintenance")
 
     async def _loop(self) -> None:
-        due = {name: time.monotonic() + record.interval for name, (_, record) in self.jobs.items()}
+        now = time.monotonic()
+        due = {name: now + (0 if name in self._at_start else rec.interval) for name, (_, rec) in self.jobs.items()}
         while True:
             name = min(due, key=due.__getitem__)
             await asyncio.sleep(max(0.0, due[name] - time.monotonic()))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import socket
+from collections.abc import Iterator
 from types import FrameType
 
 import uvicorn
@@ -11,6 +14,7 @@ from fastapi import FastAPI
 
 from inference_api.app import create_app
 from inference_api.logs import configure_logging
+from inference_api.services import Services
 from inference_api.settings import Settings, load_settings
 
 
@@ -24,11 +28,25 @@ class DrainingServer(uvicorn.Server):
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            services = self._services()
+            if services is not None and services.engine.cut_by_drain == 0:
+                # uvicorn re-raises the SIGTERM it caught once it is done, so even a drain that answered
+                # every request exited 143. Clean: exit 0. Requests cut by DRAIN_TIMEOUT keep the signal's.
+                self._captured_signals.clear()
+
+    def _services(self) -> Services | None:
+        return getattr(getattr(self.config.app, "state", None), "services", None)
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        services = getattr(getattr(self.config.app, "state", None), "services", None)
+        services = self._services()
         if services is not None and self._loop is not None:
             # Signal handlers may run in the middle of the loop's own work: hand over, don't act here.
-            self._loop.call_soon_threadsafe(services.engine.begin_drain)
+            drain = functools.partial(services.engine.begin_drain, services.settings.drain_timeout)
+            self._loop.call_soon_threadsafe(drain)
         super().handle_exit(sig, frame)
 
 
@@ -39,7 +57,8 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_config=None,
         access_log=False,  # the app writes its own access line, with the route, key name, model and timings
-        # uvicorn waits this long for open requests after SIGTERM, then the lifespan drains the rest.
+        # The engine answers what is left SHUTTING_DOWN at DRAIN_TIMEOUT (Engine.begin_drain); uvicorn's own
+        # limit, after which it cancels handlers mid-answer, only backs that up.
         timeout_graceful_shutdown=int(settings.drain_timeout) + 5,
     )
     DrainingServer(config).run()

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -21,9 +23,12 @@ from inference_api.chat.store import SessionStore, open_session_store
 from inference_api.documents.deps import DocumentsState
 from inference_api.documents.grounding import Grounding
 from inference_api.documents.lazy import LazyDocuments
+from inference_api.documents.recovery import sweep_at_start
+from inference_api.documents.service import DEFAULT_ORPHAN_GRACE_SECONDS
 from inference_api.engine.service import Engine
 from inference_api.generation.cache import ResponseCache
 from inference_api.generation.deps import GenerationState
+from inference_api.health.dependencies import DependencyMonitor
 from inference_api.health.deps import HealthState
 from inference_api.maintenance import Maintenance
 from inference_api.modeling import builtin
@@ -60,6 +65,7 @@ class Services:
     rate_limits: RateLimiter
     quotas: TokenQuotas
     response_cache: ResponseCache
+    dependencies: DependencyMonitor
 
     async def refresh_store_gauges(self) -> None:
         """Sessions and chunks are counted in their stores when scraped; a store that cannot answer skips its gauge."""
@@ -163,6 +169,7 @@ async def open_services(settings: Settings, metrics: Metrics, stack: AsyncExitSt
         rate_limits=rate_limits,
         quotas=quotas,
         response_cache=response_cache,
+        dependencies=DependencyMonitor(settings),
     )
 
 
@@ -185,6 +192,25 @@ def schedule_jobs(
         report = await service.check_integrity(repair=True)
         return {**asdict(report), "ok": report.ok}
 
+    started = time.time()
+    swept = False
+
+    async def sweep_orphans_at_start() -> dict[str, Any] | None:
+        # Chunks a crash left without their document's record (documents/recovery.py); once, at start-up.
+        nonlocal swept
+        if swept:
+            return None
+        result = await asyncio.to_thread(
+            sweep_at_start,
+            data_dir=settings.data_dir / "chroma",
+            chroma_url=settings.chroma_url,
+            process_started=started,
+            grace_seconds=DEFAULT_ORPHAN_GRACE_SECONDS,
+        )
+        swept = True
+        return result
+
+    maintenance.add("vector-orphans-at-start", interval, sweep_orphans_at_start, at_start=True)
     maintenance.add("session-expiry", interval, expire_sessions)
     maintenance.add("vector-duplicates", interval, deduplicate_chunks)
     maintenance.add("vector-integrity", interval, check_vectors)

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     chroma_url: str | None = Field(default=None, pattern=r"^https?://")
     session_ttl: float = Field(default=7 * 24 * 3600.0, gt=0)
     max_upload_mb: float = Field(default=20.0, gt=0)
+    # Each upload is parsed in a child process bounded by these (documents/sandbox.py).
+    parse_timeout: float = Field(default=8.0, gt=0)
+    parse_memory_mb: int = Field(default=256, ge=32)
     rag_top_k: int = Field(default=4, ge=1, le=20)
     rag_min_score: float = Field(default=0.25, ge=-1.0, le=1.0)
     summary_max_tokens: int = Field(default=96, ge=16)

@@ -145,3 +145,12 @@ async def test_body_that_is_not_utf8_is_a_named_validation_error(client: httpx.A
     )
     error = assert_error(response, 422, "VALIDATION_ERROR")
     assert "UTF-8" in str(error["message"])
+
+
+async def test_body_nested_too_deeply_says_so(client: httpx.AsyncClient) -> None:
+    # Issue 19: 100,000 levels of nesting were refused as "not valid UTF-8 text".
+    body = b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = await client.post("/infer", content=body, headers={**auth(), "content-type": "application/json"})
+    error = assert_error(response, 422, "VALIDATION_ERROR")
+    assert "nested too deeply" in str(error["message"])
+    assert "UTF-8" not in str(error["message"])

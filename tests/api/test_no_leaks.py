@@ -14,6 +14,8 @@ from asgi_lifespan import LifespanManager
 
 from inference_api.api.errors import error_body, scrub
 from inference_api.app import create_app
+from inference_api.documents.parsing import DocumentParser, ParsedDocument
+from inference_api.documents.sandbox import ParseSandbox
 from inference_api.errors import ErrorCode, ServiceError
 from tests.conftest import ADMIN_KEY, assert_error, auth, make_settings
 
@@ -82,7 +84,12 @@ async def test_a_document_parsing_error_leaks_no_trace_or_path(
     def failing_reader(*args: object, **kwargs: object) -> None:
         raise pypdf.errors.PdfReadError(f"invalid xref table at {pypdf.__file__}:123")
 
+    async def parse_here(self: ParseSandbox, filename: str, data: bytes) -> ParsedDocument:
+        # The patch above reaches this process only: the parse runs here instead of in the sandbox's child.
+        return DocumentParser().parse(filename, data)
+
     monkeypatch.setattr(pypdf, "PdfReader", failing_reader)
+    monkeypatch.setattr(ParseSandbox, "parse", parse_here)
     response = await client.post(
         "/upload", files={"file": ("report.pdf", b"%PDF-1.4\n1 0 obj << >>\n", "application/pdf")}, headers=auth()
     )

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from inference_api.chat import Message, SessionStore, open_session_store
+from inference_api.chat.availability import GuardedSessionStore
 from inference_api.chat.redis_store import RedisSessionStore
 from inference_api.chat.sqlite_store import SCHEMA_VERSION, SqliteSessionStore
 from inference_api.errors import ErrorCode, ServiceError
@@ -35,7 +36,7 @@ async def test_factory_opens_sqlite_under_the_data_dir_by_default(tmp_path: Path
 async def test_factory_opens_redis_when_given_a_url(redis_server: RedisServer, tmp_path: Path) -> None:
     store = await open_session_store(tmp_path, redis_server.url)
     try:
-        assert isinstance(store, RedisSessionStore)
+        assert isinstance(store, GuardedSessionStore) and isinstance(store.inner, RedisSessionStore)
         session = await store.create("factory-test")
         assert (await store.get("factory-test", session.id)).id == session.id
         await store.delete("factory-test", session.id)

@@ -141,3 +141,52 @@ EXE = (
     + b"\x00" * 48
     + b"This program cannot be run in DOS mode."
 )
+
+
+def wide_csv(columns: int) -> bytes:
+    """One header line of `columns` columns: unstructured's CSV parse grows with the square of the columns."""
+    return (",".join(f"c{i}" for i in range(columns)) + "\n").encode()
+
+
+def lying_docx(real_bytes: int = 100 * 1024 * 1024, claimed_bytes: int = 1000) -> bytes:
+    """A DOCX whose word/document.xml holds `real_bytes` but whose ZIP headers claim `claimed_bytes`."""
+    import struct
+
+    body = b"A" * (1024 * 1024)
+    head = b'<?xml version="1.0"?><w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main">'
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("[Content_Types].xml", _LYING_TYPES)
+        archive.writestr("_rels/.rels", _LYING_RELS)
+        with archive.open("word/document.xml", "w", force_zip64=False) as member:
+            member.write(head)
+            for _ in range(real_bytes // len(body)):
+                member.write(body)
+    data = bytearray(buffer.getvalue())
+    name = b"word/document.xml"
+    # The local header (uncompressed size at offset 22) and the central directory entry (offset 24).
+    local = data.find(b"PK\x03\x04")
+    while local >= 0:
+        name_length = struct.unpack("<H", data[local + 26 : local + 28])[0]
+        if data[local + 30 : local + 30 + name_length] == name:
+            data[local + 22 : local + 26] = struct.pack("<I", claimed_bytes)
+        local = data.find(b"PK\x03\x04", local + 4)
+    central = data.find(b"PK\x01\x02")
+    while central >= 0:
+        name_length = struct.unpack("<H", data[central + 28 : central + 30])[0]
+        if data[central + 46 : central + 46 + name_length] == name:
+            data[central + 24 : central + 28] = struct.pack("<I", claimed_bytes)
+        central = data.find(b"PK\x01\x02", central + 4)
+    return bytes(data)
+
+
+_LYING_TYPES = (
+    '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+    '<Default Extension="xml" ContentType="application/xml"/><Override PartName="/word/document.xml" '
+    'ContentType="application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/></Types>'
+)
+_LYING_RELS = (
+    '<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+    '<Relationship Id="rId1" Target="word/document.xml" '
+    'Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument"/></Relationships>'
+)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import time
 
 import pytest
 
@@ -14,7 +15,7 @@ from inference_api.documents.parsing import (
     sanitize_filename,
 )
 from inference_api.errors import ErrorCode, ServiceError
-from tests.documents.samples import EXE, FACT, make_docx, make_pdf, sample, zip_bytes
+from tests.documents.samples import EXE, FACT, lying_docx, make_docx, make_pdf, sample, zip_bytes
 
 ALL_TYPES = ["pdf", "txt", "docx", "html", "htm", "md", "csv", "eml"]
 
@@ -180,3 +181,14 @@ def test_long_file_names_keep_their_extension(parser: DocumentParser) -> None:
     shown = sanitize_filename(name)
     assert len(shown) == 255 and shown.endswith(".txt")
     assert parser.parse(name, b"hello there").text == "hello there"
+
+
+def test_docx_whose_zip_headers_lie_is_refused_cheaply(parser: DocumentParser) -> None:
+    # Issue 19: a member claiming 1000 bytes but holding 100 MB was inflated whole (seconds of CPU, and
+    # the memory) before its checksum failed; read a piece at a time, the lie shows at the claimed size.
+    data = lying_docx()
+    started = time.process_time()
+    error = refused(parser, "lying.docx", data)
+    assert time.process_time() - started < 1.0
+    assert error.code is ErrorCode.DOCUMENT_PROCESSING_ERROR
+    assert "does not match its header" in error.message

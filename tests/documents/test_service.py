@@ -334,3 +334,30 @@ async def test_build(tmp_path: Path, embedder: Embedder) -> None:
         service.close()
     with pytest.raises(ValueError):
         DocumentService.build(data_dir=tmp_path, chunk_tokens=300, embedder=embedder)
+
+
+async def test_orphan_chunks_do_not_hide_real_results(service: DocumentService, raw_chroma: ClientAPI) -> None:
+    # Issue 19: a crash mid-write left a thousand chunks of an unrecorded document; search took the top k
+    # first and dropped them after, so k=4 returned 1 hit where it had returned 2.
+    result = await service.ingest("alice", *sample("txt"))
+    query = (await service.embedder.embed_async([QUERY]))[0]
+    orphans = [f"{'f' * 32}-{i}" for i in range(50)]
+    raw_chroma.get_collection("documents_chunks", embedding_function=None).upsert(
+        ids=orphans,
+        embeddings=[query.tolist()] * len(orphans),  # nearer to the query than any real chunk
+        documents=[FACT] * len(orphans),
+        metadatas=[
+            {
+                "document_id": "f" * 32,
+                "owner": "alice",
+                "filename": "crashed.txt",
+                "uploaded_at": 0.0,
+                "chunk_index": i,
+                "char_start": 0,
+                "char_end": 1,
+            }
+            for i in range(len(orphans))
+        ],
+    )
+    hits = await service.search("alice", QUERY, k=4)
+    assert hits and {h.document_id for h in hits} == {result.document_id}

@@ -13,9 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference_api.errors import HTTP_STATUS, ErrorCode, ServiceError
@@ -128,6 +131,16 @@ def validation_error(exc: RequestValidationError) -> ServiceError:
     return ServiceError(ErrorCode.VALIDATION_ERROR, message, details=details)
 
 
+def _unparsable_body_reason(cause: BaseException | None) -> str:
+    """Why a body could not be parsed at all, for the client: the decoder's own exception names the cause."""
+    if isinstance(cause, RecursionError):
+        # json.loads recurses once per level: a few thousand levels exhaust the interpreter's stack.
+        return "nested too deeply (JSON bodies may nest arrays and objects at most a few hundred levels)"
+    if isinstance(cause, UnicodeError):
+        return "not valid UTF-8 text"
+    return "the body could not be decoded"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
@@ -145,13 +158,36 @@ def install_error_handlers(app: FastAPI) -> None:
             ErrorCode.METHOD_NOT_ALLOWED: f"{request.method} is not allowed on {request.url.path}",
         }.get(code, str(exc.detail))
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-            # FastAPI's words for a body json.loads could not even decode (bytes that are not UTF-8, say).
-            message = "body: malformed JSON: not valid UTF-8 text"
+            # FastAPI's words for a body json.loads failed on without a JSONDecodeError; the cause says which.
+            message = f"body: malformed JSON: {_unparsable_body_reason(exc.__cause__)}"
         response = error_response(ServiceError(code, message), request_id_of(request), request.url.path)
         if exc.headers:
             response.headers.update(exc.headers)
         return response
 
+    async def on_unreachable_store(request: Request, exc: Exception) -> JSONResponse:
+        # A store called without a guard of its own (chat/availability.py guards sessions): still a 503 that
+        # says what is missing, never a 500.
+        logger.warning("%s %s: a store could not be reached: %r", request.method, request.url.path, exc)
+        error = ServiceError(
+            ErrorCode.DEPENDENCY_UNAVAILABLE, "a store this route needs (Redis) cannot be reached", retry_after=5
+        )
+        return error_response(error, request_id_of(request), request.url.path)
+
+    async def on_unreachable_vectors(request: Request, exc: Exception) -> JSONResponse:
+        # The Chroma server's client speaks httpx: a refused or timed-out call is the server being away.
+        logger.warning("%s %s: the Chroma server could not be reached: %r", request.method, request.url.path, exc)
+        error = ServiceError(
+            ErrorCode.DEPENDENCY_UNAVAILABLE,
+            "the document store (Chroma server) cannot be reached; documents are unavailable for now, "
+            "generation without use_documents still works",
+            retry_after=5,
+        )
+        return error_response(error, request_id_of(request), request.url.path)
+
+    app.add_exception_handler(httpx.TransportError, on_unreachable_vectors)
+    app.add_exception_handler(RedisConnectionError, on_unreachable_store)
+    app.add_exception_handler(RedisTimeoutError, on_unreachable_store)
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

@@ -157,8 +157,8 @@ class RedisSessionStore:
         cls, url: str, *, prefix: str = DEFAULT_PREFIX, lease_seconds: float = DEFAULT_LEASE_SECONDS
     ) -> RedisSessionStore:
         """A store on the server at `url`, checked with a PING so a wrong URL fails at start-up."""
-        # A connect timeout, so an unreachable host fails start-up instead of hanging it.
-        client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=10)
+        # Timeouts: an unreachable host fails start-up, and a Redis that hangs fails a call (503), not hold it.
+        client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=10, socket_timeout=5)
         try:
             await client.ping()
         except BaseException:

@@ -12,6 +12,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Protocol
 
+from inference_api.chat.availability import GuardedSessionStore
 from inference_api.chat.redis_store import RedisSessionStore
 from inference_api.chat.sqlite_store import SqliteSessionStore
 from inference_api.chat.types import Message, Session, SessionInfo
@@ -79,5 +80,6 @@ class SessionStore(Protocol):
 async def open_session_store(data_dir: Path, redis_url: str | None) -> SessionStore:
     """Redis when a URL is given (replicas share sessions), else a SQLite file under `data_dir`."""
     if redis_url:
-        return await RedisSessionStore.connect(redis_url)
+        # Redis can go away while the service runs: session routes then answer 503, not 500.
+        return GuardedSessionStore(await RedisSessionStore.connect(redis_url))
     return await SqliteSessionStore.open(data_dir / SQLITE_FILE_NAME)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
+from inference_api.api.disconnect import cancel_on_disconnect
 from inference_api.api.state import SettingsDep
 from inference_api.auth.deps import DocumentsCallerDep
 from inference_api.documents.deps import DocumentsDep
@@ -70,7 +71,8 @@ async def upload(
     try:
         data = await read_limited(file, settings.max_upload_bytes)
         service = await documents.get()
-        result = await service.ingest(caller.name, file.filename or "upload", data)
+        # A client that leaves stops its parse (the sandbox's child is killed) and everything after it.
+        result = await cancel_on_disconnect(request, service.ingest(caller.name, file.filename or "upload", data))
     finally:
         await form.close()
     return UploadResult(**{k: v for k, v in asdict(result).items() if k in UploadResult.model_fields})

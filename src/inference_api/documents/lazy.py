@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from inference_api.documents.sandbox import ParseLimits
 from inference_api.documents.service import DocumentService
 from inference_api.documents.types import SearchHit
 from inference_api.settings import Settings
@@ -36,6 +37,7 @@ class LazyDocuments:
                     device=settings.device,
                     chroma_url=settings.chroma_url,
                     max_upload_bytes=settings.max_upload_bytes,
+                    parse_limits=ParseLimits(settings.parse_timeout, settings.parse_memory_mb * 1024 * 1024),
                 )
                 self._service.on_change = self.on_change
             return self._service

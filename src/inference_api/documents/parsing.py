@@ -16,6 +16,7 @@ import os
 import re
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
@@ -176,13 +177,15 @@ class DocumentParser:
         """Check the file's type by name and content, then extract its text."""
         file_type = detect_file_type(filename, data, max_unpacked_bytes=self.max_unpacked_bytes)
         display = _quote(sanitize_filename(filename))
+        if file_type is FileType.DOCX:
+            _check_docx_members(display, data, self.max_unpacked_bytes)
         try:
             if file_type is FileType.PDF:
                 parsed = _parse_pdf(display, data)
             else:
                 parsed = ParsedDocument(file_type, _parse_with_unstructured(file_type, data))
-        except ServiceError:
-            raise
+        except (ServiceError, MemoryError):
+            raise  # a MemoryError is the sandbox's memory limit: it reports that, not a damaged file
         except Exception as exc:
             logger.info("parsing a %s upload failed", file_type, exc_info=True)
             raise ServiceError(
@@ -225,6 +228,11 @@ def _parse_with_unstructured(file_type: FileType, data: bytes) -> str:
         if subject:
             text = f"Subject: {subject}\n\n{text}" if text else f"Subject: {subject}"
     return _normalize(text)
+
+
+def warm_up_partitioners() -> None:
+    """Import unstructured's partitioners now (seconds), so that a later parse does not pay for it."""
+    _partitioners()
 
 
 @functools.cache
@@ -336,6 +344,35 @@ def _check_docx(display: str, data: bytes, max_unpacked_bytes: int) -> None:
             ErrorCode.DOCUMENT_PROCESSING_ERROR,
             f"{display} unpacks to more than {max_unpacked_bytes // (1024 * 1024)} MiB",
         )
+
+
+def _check_docx_members(display: str, data: bytes, max_unpacked_bytes: int) -> None:
+    """Inflate every member in bounded pieces, as far as its header says, and check it against its checksum.
+
+    The sizes `_check_docx` adds up are what the headers claim. zipfile stops a member at its claimed size,
+    but a whole-member read (python-docx's) first inflates everything the compressed stream holds, in one
+    call: a member claiming 1 KB that really holds 300 MB cost seconds of CPU and that much memory before
+    its checksum failed. Read a piece at a time, the lie shows as soon as the claimed size is reached.
+    """
+    total = 0
+    name = "(its directory)"
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for info in archive.infolist():
+                name = info.filename
+                with archive.open(info) as member:
+                    while piece := member.read(1024 * 1024):
+                        total += len(piece)
+                        if total > max_unpacked_bytes:
+                            raise ServiceError(
+                                ErrorCode.DOCUMENT_PROCESSING_ERROR,
+                                f"{display} unpacks to more than {max_unpacked_bytes // (1024 * 1024)} MiB",
+                            )
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError) as exc:
+        raise ServiceError(
+            ErrorCode.DOCUMENT_PROCESSING_ERROR,
+            f"{display} is a damaged DOCX: its ZIP entry {_quote(name)} does not match its header (size or checksum)",
+        ) from exc
 
 
 def _looks_like_email(data: bytes) -> bool:

@@ -27,6 +27,7 @@ from inference_api.documents.chunking import Chunk, TokenChunker
 from inference_api.documents.embedding import Embedder
 from inference_api.documents.parsing import DocumentParser, ParsedDocument, detect_file_type, sanitize_filename
 from inference_api.documents.repair import check_integrity, remove_duplicates
+from inference_api.documents.sandbox import ParseLimits, ParseSandbox
 from inference_api.documents.store import DEFAULT_NAME, ChromaStore
 from inference_api.documents.types import (
     DeleteResult,
@@ -70,10 +71,13 @@ class DocumentService:
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         orphan_grace_seconds: float = DEFAULT_ORPHAN_GRACE_SECONDS,
         clock: Callable[[], float] = time.time,
+        parse_limits: ParseLimits | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.parser = parser or DocumentParser()
+        # Uploads are parsed in a bounded child process, never in this one (see documents/sandbox.py).
+        self.sandbox = ParseSandbox(self.parser, parse_limits)
         self.chunker = chunker or TokenChunker(
             embedder.tokenizer,
             chunk_tokens=min(DEFAULT_CHUNK_TOKENS, embedder.max_tokens),
@@ -103,13 +107,18 @@ class DocumentService:
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         overlap_tokens: int = DEFAULT_OVERLAP_TOKENS,
         embedder: Embedder | None = None,
+        parse_limits: ParseLimits | None = None,
     ) -> DocumentService:
         """Open the store and load the embedding model (blocking, seconds: call it in a thread at start-up)."""
         store = ChromaStore.open(data_dir=data_dir, url=chroma_url, name=collection)
         try:
             embedder = embedder or Embedder.load(device)
             chunker = TokenChunker(embedder.tokenizer, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens)
-            return cls(store, embedder, chunker=chunker, max_upload_bytes=max_upload_bytes)
+            service = cls(
+                store, embedder, chunker=chunker, max_upload_bytes=max_upload_bytes, parse_limits=parse_limits
+            )
+            service.sandbox.warm_up()
+            return service
         except BaseException:
             store.close()
             raise
@@ -136,7 +145,8 @@ class DocumentService:
                 logger.info("upload of document %s is a duplicate", document_id)
                 return _result(existing, duplicate=True)
             started = time.perf_counter()
-            prepared = await asyncio.to_thread(self._prepare, display, data)
+            parsed = await self.sandbox.parse(display, data)
+            prepared = await asyncio.to_thread(self._prepare, display, parsed)
             embeddings = await self.embedder.embed_async([c.text for c in prepared.chunks])
             info = DocumentInfo(
                 document_id=document_id,
@@ -228,8 +238,7 @@ class DocumentService:
             repair=repair,
         )
 
-    def _prepare(self, display: str, data: bytes) -> _Prepared:
-        parsed = self.parser.parse(display, data)
+    def _prepare(self, display: str, parsed: ParsedDocument) -> _Prepared:
         chunks = self.chunker.split(parsed.text)
         if not chunks:
             raise ServiceError(ErrorCode.DOCUMENT_PROCESSING_ERROR, f"{display!r} contains no extractable text")

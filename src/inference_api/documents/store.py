@@ -28,7 +28,7 @@ from inference_api.documents.types import DocumentInfo, SearchHit, chunk_id
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
     from chromadb.api.models.Collection import Collection
-    from chromadb.api.types import Metadata
+    from chromadb.api.types import Metadata, Where
 
 logger = logging.getLogger(__name__)
 
@@ -159,10 +159,17 @@ class ChromaStore:
 
     def query(self, owner: str, embedding: Vectors, k: int) -> list[SearchHit]:
         """The owner's `k` chunks nearest to `embedding`, best first, from complete documents only."""
+        # Only documents with a record count, and the filter goes into the query itself: filtered after
+        # ranking, the chunks of an upload that never finished (a crash mid-write left a thousand) took the
+        # top k places and then dropped out, hiding the real results behind them.
+        complete = self._documents.get(where={"owner": owner}, include=[])["ids"]
+        if not complete:
+            return []
+        where = cast("Where", {"$and": [{"owner": owner}, {"document_id": {"$in": complete}}]})
         found = self._chunks.query(
             query_embeddings=embedding.reshape(1, -1),
             n_results=k,
-            where={"owner": owner},
+            where=where,
             include=["documents", "metadatas", "distances"],
         )
         ids = found["ids"][0]

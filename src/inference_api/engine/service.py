@@ -60,6 +60,11 @@ class Engine:
         self.started_at = time.time()
         self._tasks: list[asyncio.Task[None]] = []
         self._memory_retry_after: int | None = None  # set while device memory is critical
+        self._drain_started: float | None = None  # monotonic time of SIGTERM
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self.cut_by_drain = 0  # requests answered SHUTTING_DOWN because DRAIN_TIMEOUT passed
+        # Every request admitted and not yet answered, wherever it is: queued, being prefilled, in a batch.
+        self._unanswered: set[GenerationRequest] = set()
 
     @classmethod
     def build(
@@ -175,9 +180,11 @@ class Engine:
         except ServiceError as exc:
             self.metrics.request_rejected("queue_full" if exc.code is ErrorCode.OVERLOADED else "shutting_down")
             raise
+        self._unanswered.add(request)
 
     def _finished(self, request: GenerationRequest, outcome: Completion | Failure) -> None:
         """Count a generation's end, and add it to the HTTP request it served (for the access line)."""
+        self._unanswered.discard(request)
         ref = request.model
         if isinstance(outcome, Failure):
             self.metrics.generation_failed(ref.base, ref.version, outcome.error.code)
@@ -217,6 +224,7 @@ class Engine:
         if not request.cancelled and not request.finished:
             self.metrics.request_cancelled("disconnect")
         request.cancelled = True
+        self._unanswered.discard(request)
         self.queue.remove(request)
         # A cancelled request gets no final event from its worker; its reservation is refunded now.
         request.settle(0)
@@ -264,17 +272,59 @@ class Engine:
                 return worker
         return self.workers[0]
 
-    def begin_drain(self) -> None:
-        """SIGTERM: readiness turns 503 and new requests are refused; accepted ones keep being served."""
+    def begin_drain(self, timeout: float | None = None) -> None:
+        """SIGTERM: readiness turns 503 and new requests are refused; accepted ones keep being served.
+
+        With `timeout` (DRAIN_TIMEOUT), whatever is still queued or running when it has passed is answered
+        SHUTTING_DOWN then, by the engine, while its handler can still send the envelope: left to the
+        server's own graceful-shutdown timeout, the handlers were cancelled first and their clients got a
+        bare text/plain 500."""
         if self.state not in ("stopped",):
             self.state = "draining"
         self.queue.close()
+        if self._drain_started is None:
+            self._drain_started = time.monotonic()
+        if timeout is not None and self._drain_timer is None:
+            self._drain_timer = asyncio.get_running_loop().call_later(timeout, self.end_drain)
+
+    def end_drain(self) -> int:
+        """The drain's time is up: answer every queued and running request SHUTTING_DOWN now; how many."""
+        cut = 0
+        for request in self.queue.drain():
+            request.fail(ErrorCode.SHUTTING_DOWN, "the server shut down before this request was served")
+            cut += 1
+        # Running, and also taken from the queue but not in a batch yet (a prefill under way): all of them.
+        running = {request for worker in self.workers for request in worker.running()}
+        for request in running | self._unanswered:
+            if not request.finished:
+                request.fail(
+                    ErrorCode.SHUTTING_DOWN,
+                    "the server shut down during generation (DRAIN_TIMEOUT passed); retry on another replica",
+                )
+                cut += 1
+            # Its worker drops it at its next step (or before its prefill), as for a client that left.
+            request.cancelled = True
+        if cut:
+            logger.warning("drain timeout: %d requests answered SHUTTING_DOWN", cut)
+        self.cut_by_drain += cut
+        return cut
+
+    def drain_remaining(self, drain_timeout: float) -> float:
+        """Seconds left of a drain of `drain_timeout` that began at SIGTERM (all of it if none began)."""
+        if self._drain_started is None:
+            return drain_timeout
+        return max(0.0, drain_timeout - (time.monotonic() - self._drain_started))
 
     async def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop accepting, let queued and running requests finish up to `drain_timeout`, then stop."""
+        # The drain began at SIGTERM: what is left of it, not a second DRAIN_TIMEOUT on top (plus a moment
+        # for workers to drop what end_drain answered).
+        timeout = self.drain_remaining(drain_timeout) + 1.0
         self.begin_drain()
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
         workers = [t for t in self._tasks if t.get_name() != "warm-up"]
-        _, pending = await asyncio.wait(workers, timeout=drain_timeout) if workers else (set(), set())
+        _, pending = await asyncio.wait(workers, timeout=timeout) if workers else (set(), set())
         for task in pending:
             task.cancel()
         for request in self.queue.drain():

@@ -13,9 +13,10 @@ from inference_api import __version__
 from inference_api.api.state import SettingsDep
 from inference_api.auth.deps import CallerDep
 from inference_api.chat.deps import SessionsDep
+from inference_api.chat.store import SessionStore
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.generation.deps import EngineDep
-from inference_api.health.deps import MaintenanceDep
+from inference_api.health.deps import DependenciesDep, MaintenanceDep
 from inference_api.health.protocol import CachedModelInfo, Health, Readiness, Status
 from inference_api.modeling.registry import ModelRef
 from inference_api.observability.memory import read_device_memory
@@ -32,21 +33,37 @@ async def health() -> Health:
 
 
 @router.get("/ready", response_model=Readiness, responses={503: {"description": "Not ready, or draining."}})
-async def ready(engine: EngineDep) -> Readiness:
-    """Readiness: 200 once the default model is loaded and warmed, 503 before that and while draining."""
+async def ready(engine: EngineDep, dependencies: DependenciesDep) -> Readiness:
+    """Readiness: 200 once the default model is loaded and warmed, 503 before that and while draining.
+
+    A dependency that is down (Redis, a Chroma server) is listed under `degraded` but keeps the replica
+    ready: every replica shares it, and generation without it still works (health/dependencies.py)."""
     if engine.state in ("draining", "stopped"):
         raise ServiceError(ErrorCode.SHUTTING_DOWN, "the server is draining", retry_after=5)
     if not engine.ready:
         raise ServiceError(ErrorCode.MODEL_NOT_READY, f"the default model is {engine.state}", retry_after=5)
-    return Readiness(status="ready", model=str(engine.registry.default), timestamp=time.time())
+    states = await dependencies()
+    return Readiness(
+        status="degraded" if any(s.up is False for s in states.values()) else "ready",
+        model=str(engine.registry.default),
+        timestamp=time.time(),
+        degraded=[name for name, state in states.items() if state.up is False],
+        dependencies={name: "up" if state.up else "down" for name, state in states.items()},
+    )
 
 
 @router.get("/status", response_model=Status)
 async def status(
-    _: CallerDep, engine: EngineDep, settings: SettingsDep, maintenance: MaintenanceDep, sessions: SessionsDep
+    _: CallerDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    maintenance: MaintenanceDep,
+    sessions: SessionsDep,
+    dependencies: DependenciesDep,
 ) -> Status:
-    """Service state: models, queue, workers, memory."""
+    """Service state: models, queue, workers, memory, dependencies."""
     snapshot = engine.snapshot()
+    states = await dependencies()
     loaded = engine.loaded()
     info = [
         CachedModelInfo(
@@ -71,9 +88,19 @@ async def status(
         workers=snapshot["workers"],
         memory=memory_report(),
         maintenance=maintenance.report(),
-        sessions=await sessions.count(),
+        sessions=await _session_count(sessions),
         backends=backends(settings),
+        degraded=[name for name, state in states.items() if state.up is False],
+        dependencies={name: state.view() for name, state in states.items()},
     )
+
+
+async def _session_count(sessions: SessionStore) -> int | None:
+    """The number of sessions, or None when the store cannot say (a Redis outage is shown, not a 500)."""
+    try:
+        return await sessions.count()
+    except ServiceError:
+        return None
 
 
 def backends(settings: Settings) -> dict[str, str | None]:

@@ -16,6 +16,10 @@ class Readiness(BaseModel):
     status: str
     model: str
     timestamp: float
+    degraded: list[str] = Field(
+        default_factory=list, description="Dependencies that are down; the routes that need them answer 503."
+    )
+    dependencies: dict[str, str] = Field(default_factory=dict, description="Each external dependency: up or down.")
 
 
 class CachedModelInfo(BaseModel):
@@ -38,5 +42,7 @@ class Status(BaseModel):
     workers: list[dict[str, Any]]
     memory: dict[str, Any]
     maintenance: list[dict[str, Any]]
-    sessions: int
+    sessions: int | None = Field(description="Sessions stored; null while the session store cannot be reached.")
+    degraded: list[str] = Field(default_factory=list, description="Dependencies that are down.")
+    dependencies: dict[str, dict[str, Any]] = Field(default_factory=dict)
     backends: dict[str, str | None] = Field(description="Where sessions and vectors live; URL credentials as ***.")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from inference_api.auth.keys import ApiKeyStore
 from inference_api.engine.types import GenerationRequest
 from inference_api.errors import ErrorCode, ServiceError
+from inference_api.quotas.fallback import FallbackQuotaStore
 from inference_api.quotas.store import (
     Counts,
     MemoryQuotaStore,
@@ -62,8 +63,16 @@ class TokenQuotas:
 
     @classmethod
     def build(cls, settings: Settings, keys: ApiKeyStore) -> TokenQuotas:
-        store: QuotaStore = RedisQuotaStore.connect(settings.redis_url) if settings.redis_url else MemoryQuotaStore()
+        store: QuotaStore = MemoryQuotaStore()
+        if settings.redis_url:
+            # Redis down must not stop generation: this process counts on its own meanwhile (quotas/fallback.py).
+            store = FallbackQuotaStore(RedisQuotaStore.connect(settings.redis_url))
         return cls(store, keys, settings)
+
+    @property
+    def degraded(self) -> bool:
+        """True while the shared counts (Redis) cannot be reached and this process counts on its own."""
+        return isinstance(self._store, FallbackQuotaStore) and self._store.degraded
 
     def limit(self, owner: str, kind: WindowKind) -> int | None:
         limits = self._keys.limits(owner)
@@ -77,16 +86,24 @@ class TokenQuotas:
         now = self._clock()
         windows = [Window.current(kind, now) for kind in KINDS]
         checks = [(w, self.limit(owner, w.kind)) for w in windows]
-        task = asyncio.ensure_future(self._store.reserve(owner, amount, checks))
+        task = asyncio.ensure_future(self._reserve(owner, amount, checks))
         try:
             # Shielded: a caller that leaves mid-reservation must not leave tokens reserved for nobody.
-            refusal = await asyncio.shield(task)
+            refusal, store = await asyncio.shield(task)
         except asyncio.CancelledError:
             task.add_done_callback(lambda t: self._refund_orphan(t, owner, windows, amount))
             raise
         if refusal is not None:
             raise self._refused(owner, amount, refusal, now)
-        request.on_settle(lambda used: self._settle(owner, windows, amount, used))
+        request.on_settle(lambda used: self._settle(owner, windows, amount, used, store))
+
+    async def _reserve(
+        self, owner: str, amount: int, checks: list[tuple[Window, int | None]]
+    ) -> tuple[Refusal | None, QuotaStore]:
+        """The reservation, and the store that took it: that is where it settles."""
+        if isinstance(self._store, FallbackQuotaStore):
+            return await self._store.reserve_in(owner, amount, checks)
+        return await self._store.reserve(owner, amount, checks), self._store
 
     async def check(self, owner: str, amount: int) -> None:
         """Refuse now what `reserve` would refuse, reserving nothing: a stream checks this before its response
@@ -100,19 +117,23 @@ class TokenQuotas:
                 raise self._refused(owner, amount, Refusal(window, limit, count.taken), now)
 
     def _refund_orphan(
-        self, task: asyncio.Task[Refusal | None], owner: str, windows: list[Window], amount: int
+        self, task: asyncio.Task[tuple[Refusal | None, QuotaStore]], owner: str, windows: list[Window], amount: int
     ) -> None:
-        if not task.cancelled() and task.exception() is None and task.result() is None:
-            self._settle(owner, windows, amount, 0)
+        if not task.cancelled() and task.exception() is None and task.result()[0] is None:
+            self._settle(owner, windows, amount, 0, task.result()[1])
 
-    def _settle(self, owner: str, windows: list[Window], reserved: int, used: int) -> None:
+    def _settle(self, owner: str, windows: list[Window], reserved: int, used: int, store: QuotaStore) -> None:
         """Called on the event loop when the request ends; the store is updated in a task of its own."""
         if used:
             self.generated[owner] += used
             for callback in self.on_settle:
                 callback(owner, used)
         pending = self._pending[owner]
-        task = asyncio.get_running_loop().create_task(self._store.settle(owner, windows, reserved, used))
+        if isinstance(self._store, FallbackQuotaStore):
+            settling = self._store.settle_in(store, owner, windows, reserved, used)
+        else:
+            settling = store.settle(owner, windows, reserved, used)
+        task = asyncio.get_running_loop().create_task(settling)
         pending.add(task)
         task.add_done_callback(lambda t: self._settled(owner, t))
 

@@ -146,7 +146,9 @@ class RedisQuotaStore:
 
     @classmethod
     def connect(cls, url: str, prefix: str = "inference-api") -> RedisQuotaStore:
-        return cls(aioredis.Redis.from_url(url, decode_responses=True), prefix)
+        # Timeouts: a Redis that hangs (rather than refusing connections) must fail over, not hold requests.
+        client = aioredis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=1, socket_timeout=2)
+        return cls(client, prefix)
 
     def _key(self, owner: str, window: Window) -> str:
         return f"{self._prefix}:quota:{window.kind}:{window.start}:{owner}"

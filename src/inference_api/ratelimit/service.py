@@ -111,9 +111,14 @@ class RateLimiter:
     async def states(self, caller: str, key_name: str | None) -> list[LimitState]:
         """Where every limit of the caller stands, without counting a request."""
         limits = self.limits_for(key_name, generation=True)
-        if self._shared:
+        if not self._shared:
+            return self._states(caller, limits)
+        try:
             return await asyncio.to_thread(self._states, caller, limits)
-        return self._states(caller, limits)
+        except Exception as exc:
+            # As for `hit`: the counters being out of reach is no reason to fail the caller's request.
+            logger.warning("rate limit storage unavailable (%s); limits not reported", type(exc).__name__)
+            return []
 
     def _hit(self, caller: str, limits: list[tuple[Bucket, RateLimitItem]]) -> Decision:
         strategy = self._slowapi.limiter
