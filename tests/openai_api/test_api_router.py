@@ -152,7 +152,7 @@ def test_errors_are_the_sdks_typed_exceptions_in_openais_shape(server: str) -> N
         ({"max_completion_tokens": 10_000}, "max_completion_tokens"),
         ({"temperature": 3}, "temperature"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"logprobs": True}, "logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
     ],
 )

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from inference_api.engine.kv import cache_keyword, slab_cache
 from inference_api.engine.runner import Sequence, advance, end_for_grammar
-from inference_api.engine.sampling import choose_next
-from inference_api.engine.types import GenerationRequest
+from inference_api.engine.sampling import adjust, choose_next, logprobs_of
+from inference_api.engine.types import GenerationRequest, TokenLogprob
 from inference_api.modeling.cache import LoadedModel
 from inference_api.modeling.prefix import LayerStates
 
@@ -186,25 +186,43 @@ class DecodeBatch:
         self._positions = torch.cat([self._positions, positions])
 
     def _choose(self, sequences: list[Sequence], logits: torch.Tensor) -> list[str]:
-        # One argmax for the whole batch; only sampled or constrained rows pay for their own work.
+        # One argmax for the whole batch; only rows that ask for more (sampling, a grammar, logit processors,
+        # log-probabilities) pay for their own work.
         greedy = logits.argmax(dim=-1).tolist()
         deltas = []
         for row, seq in enumerate(sequences):
+            params = seq.params
             grammar = seq.request.grammar
-            if grammar is None:
-                token = greedy[row] if seq.params.greedy else choose_next(logits[row], seq.params, seq.generator)
+            if grammar is None and not params.adjusts:
+                token = greedy[row] if params.greedy else choose_next(logits[row], params, seq.generator)
             else:
-                remaining = seq.params.max_new_tokens - seq.tokens_generated
-                allowed = grammar.mask(remaining, seq.eos)
-                if allowed is None:
-                    deltas.append(end_for_grammar(seq))
-                    continue
-                scores = logits[row].masked_fill(~allowed.to(logits.device)[: logits.shape[-1]], float("-inf"))
-                token = choose_next(scores, seq.params, seq.generator)
-                if token not in seq.eos:
-                    token = grammar.vet(token, remaining)
+                scores = logits[row]
+                if params.adjusts:
+                    generated = seq.assembler.ids
+                    scores = adjust(scores, params, seq.request.prompt_ids, generated, seq.eos)
+                if grammar is None:
+                    token = choose_next(scores, params, seq.generator)
+                else:
+                    remaining = params.max_new_tokens - seq.tokens_generated
+                    allowed = grammar.mask(remaining, seq.eos)
+                    if allowed is None:
+                        deltas.append(end_for_grammar(seq))
+                        continue
+                    scores = scores.masked_fill(~allowed.to(logits.device)[: logits.shape[-1]], float("-inf"))
+                    token = choose_next(scores, params, seq.generator)
+                    if token not in seq.eos:
+                        token = grammar.vet(token, remaining)
+            if params.logprobs is not None and token not in seq.eos:
+                seq.note_logprob(self._logprob(logits[row], token, params.logprobs))
             deltas.append(advance(seq, token))
         return deltas
+
+    def _logprob(self, logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+        """The token's log-probability under the model's own distribution (the raw logits: before temperature,
+        processors and grammar), with the `top` likeliest tokens'."""
+        decode = self.model.base.tokenizer.decode
+        value, best = logprobs_of(logits, token, top)
+        return TokenLogprob(token, decode([token]), value, tuple((i, decode([i]), lp) for i, lp in best))
 
 
 def _pad_left(states: torch.Tensor, columns: int) -> torch.Tensor:

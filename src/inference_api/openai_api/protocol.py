@@ -71,7 +71,6 @@ class GenerationFields(BaseModel):
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
-    logprobs: Any = None
     response_format: ResponseFormat | None = None
     # vLLM's names for constrained output, as its clients send them.
     guided_json: dict[str, Any] | StrictStr | None = None
@@ -109,13 +108,6 @@ class GenerationFields(BaseModel):
             raise ValueError("logit_bias is not supported")
         return value
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: Any) -> Any:
-        if value not in (None, False, 0):
-            raise ValueError("logprobs are not supported")
-        return value
-
     @model_validator(mode="after")
     def _one_constraint(self) -> GenerationFields:
         given = [name for name in _CONSTRAINTS if getattr(self, name) is not None]
@@ -147,6 +139,10 @@ class GenerationFields(BaseModel):
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
+    def logprob_count(self) -> int | None:
+        """None: no log-probabilities; k: the chosen tokens' with the k likeliest alternatives."""
+        return None
+
     def sampling(self, max_new_tokens: int) -> SamplingParams:
         # OpenAI samples unless told temperature 0; its default temperature is 1.
         temperature = 1.0 if self.temperature is None else self.temperature
@@ -159,6 +155,7 @@ class GenerationFields(BaseModel):
             stop=stop,
             seed=self.seed,
             close_within_budget=self.close_within_budget,
+            logprobs=self.logprob_count(),
         )
 
 
@@ -170,7 +167,8 @@ class ChatCompletionRequest(GenerationFields):
     )
     tools: list[Any] | None = None
     functions: list[Any] | None = None
-    top_logprobs: StrictInt | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
 
     @field_validator("tools", "functions")
     @classmethod
@@ -185,9 +183,18 @@ class ChatCompletionRequest(GenerationFields):
             raise ValueError("messages need at least one user message with text")
         return self
 
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
     def requested_max_tokens(self) -> int | None:
         # max_completion_tokens is OpenAI's newer name; it wins when both are sent.
         return self.max_completion_tokens or self.max_tokens
+
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 Prompt = Annotated[StrictStr, Field(min_length=1, max_length=200_000)]
@@ -199,6 +206,10 @@ class CompletionRequest(GenerationFields):
     suffix: StrictStr | None = None
     best_of: StrictInt | None = None
     use_documents: StrictBool | None = None
+    logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
     @field_validator("echo", "use_documents")
     @classmethod
@@ -233,14 +244,36 @@ class Usage(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: None = None
 
 
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
 
 
 class ChatCompletion(BaseModel):
@@ -257,7 +290,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
