@@ -145,7 +145,7 @@ def test_errors_are_the_sdks_typed_exceptions_in_openais_shape(server: str) -> N
 @pytest.mark.parametrize(
     ("call", "param"),
     [
-        ({"n": 2}, "n"),
+        ({"n": 17}, "n"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages.0.role"),
         ({"max_tokens": 10_000}, "max_tokens"),

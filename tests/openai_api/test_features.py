@@ -120,3 +120,31 @@ def test_completion_logprobs_in_the_legacy_shape(server: str, reference: Referen
         o for c in streamed for o in (c.choices[0].logprobs.text_offset if c.choices[0].logprobs else None) or []
     ]
     assert tokens == logprobs.tokens and offsets == logprobs.text_offset
+
+
+def test_n_choices_repeat_with_a_seed_and_stream_with_their_index(server: str) -> None:
+    client = sdk(server)
+    ask: dict[str, Any] = {"model": "tiny", "messages": HELLO, "max_tokens": 10, "temperature": 1.0, "n": 3}
+    first = client.chat.completions.create(**ask, seed=11)
+    again = client.chat.completions.create(**ask, seed=11)
+    texts = [c.message.content for c in first.choices]
+    assert [c.index for c in first.choices] == [0, 1, 2] and len(set(texts)) > 1
+    assert [c.message.content for c in again.choices] == texts
+    usage = first.usage
+    assert usage is not None and usage.completion_tokens >= 3  # summed over the choices
+    singles = [client.chat.completions.create(**{**ask, "n": 1}, seed=11 + i).usage for i in range(3)]
+    assert usage.completion_tokens == sum(u.completion_tokens for u in singles if u is not None)
+    one = client.chat.completions.create(**{**ask, "n": 1}, seed=12)
+    assert one.choices[0].message.content == texts[1]  # choice i has the seed + i
+    streamed: dict[int, str] = {}
+    finished = set()
+    for chunk in client.chat.completions.create(**ask, seed=11, stream=True, stream_options={"include_usage": True}):
+        if chunk.usage is not None:
+            assert chunk.usage == usage
+        for choice in chunk.choices:
+            streamed[choice.index] = streamed.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finished.add(choice.index)
+    assert [streamed[i] for i in range(3)] == texts and finished == {0, 1, 2}
+    completions = client.completions.create(model="tiny", prompt="Once", max_tokens=6, n=2, seed=5)
+    assert [c.index for c in completions.choices] == [0, 1]

@@ -55,9 +55,37 @@ class DecodeBatch:
         columns are [padding][prefix][padding][rest]; the mask and the explicit positions make that the
         same attention as an unpadded prompt.
         """
-        base = self.model.base
         self.model.activate()
         self._compact()
+        # Identical prompts (the n choices of one request) are run once and their rows copied.
+        firsts: dict[tuple[int, tuple[int, ...]], int] = {}
+        source = [
+            firsts.setdefault((s.request.shared_prefix, tuple(s.request.prompt_ids)), i)
+            for i, s in enumerate(sequences)
+        ]
+        unique = [sequences[i] for i in firsts.values()]
+        logits = self._prefill(unique)
+        if len(unique) < len(sequences):
+            order = {first: row for row, first in enumerate(firsts.values())}
+            index = torch.tensor([order[first] for first in source], device=logits.device)
+            self._copy_rows(len(self.sequences) - len(unique), index)
+            logits = logits.index_select(0, index)
+            self.sequences[len(self.sequences) - len(unique) :] = sequences
+        return self._choose(sequences, logits)
+
+    def _copy_rows(self, start: int, index: torch.Tensor) -> None:
+        """Rows from `start` on (the newcomers just joined) become `index`'s rows of them."""
+        assert self._mask is not None and self._positions is not None
+        rows = torch.cat([torch.arange(start, device=index.device), index + start])
+        self._mask = self._mask.index_select(0, rows)
+        self._positions = self._positions.index_select(0, rows)
+        for layer in self._cache.layers:
+            layer.replace(layer.keys.index_select(0, rows), layer.values.index_select(0, rows))
+        self._rows = list(range(len(rows)))
+
+    def _prefill(self, sequences: list[Sequence]) -> torch.Tensor:
+        """Prefill distinct prompts and join them; returns their last logits."""
+        base = self.model.base
         device = base.device
         prompts = [s.request.prompt_ids for s in sequences]
         prefixes = [self._prefix(s.request) for s in sequences]
@@ -86,7 +114,8 @@ class DecodeBatch:
                 logits_to_keep=1,
             )
         self._join(cache, mask, torch.tensor([len(p) for p in prompts], device=device), sequences)
-        return self._choose(sequences, out.logits[:, -1])
+        logits: torch.Tensor = out.logits[:, -1]
+        return logits
 
     def _prefix(self, request: GenerationRequest) -> LayerStates | None:
         """The stored keys and values of the request's shared prefix, computed (alone) and stored if new."""

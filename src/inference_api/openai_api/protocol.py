@@ -62,7 +62,7 @@ class GenerationFields(BaseModel):
     max_tokens: StrictInt | None = Field(default=None, gt=0)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: StrictInt | None = None
+    n: StrictInt | None = Field(default=None, ge=1, le=16, description="Choices, each sampled on its own.")
     stop: list[StopString] | StopString | None = None
     seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
     stream: StrictBool | None = False
@@ -81,13 +81,6 @@ class GenerationFields(BaseModel):
         default=True,
         description="Extension: with a JSON constraint, close the JSON before max_tokens runs out (see README).",
     )
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, value: int | None) -> int | None:
-        if value not in (None, 1):
-            raise ValueError("only n=1 is supported")
-        return value
 
     @field_validator("stop")
     @classmethod

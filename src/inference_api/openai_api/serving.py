@@ -133,7 +133,7 @@ class OpenAIService:
             _call_id("chatcmpl"),
             int(time.time()),
             model_id(ref),
-            [job],
+            self._pipeline.choices(job, body.n or 1),
             body.include_usage,
             body.logprob_count(),
         )
@@ -146,7 +146,13 @@ class OpenAIService:
             ref, body.text(), body.sampling(limit), arrived, owner=owner, fit=requested is None, grammar=body.grammar()
         )
         return Call(
-            "text", _call_id("cmpl"), int(time.time()), model_id(ref), [job], body.include_usage, body.logprob_count()
+            "text",
+            _call_id("cmpl"),
+            int(time.time()),
+            model_id(ref),
+            self._pipeline.choices(job, body.n or 1),
+            body.include_usage,
+            body.logprob_count(),
         )
 
     async def submit(self, call: Call) -> None:
