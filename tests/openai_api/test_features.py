@@ -148,3 +148,24 @@ def test_n_choices_repeat_with_a_seed_and_stream_with_their_index(server: str) -
     assert [streamed[i] for i in range(3)] == texts and finished == {0, 1, 2}
     completions = client.completions.create(model="tiny", prompt="Once", max_tokens=6, n=2, seed=5)
     assert [c.index for c in completions.choices] == [0, 1]
+
+
+def test_logit_bias_penalties_and_min_tokens_through_the_sdk(server: str, reference: Reference) -> None:
+    client = sdk(server)
+    token = reference.tokenizer.convert_tokens_to_ids("hello")
+    forced = client.chat.completions.create(
+        model="tiny", messages=HELLO, max_tokens=5, temperature=0, logit_bias={str(token): 100}
+    )
+    assert forced.choices[0].message.content == "hello" * 5
+    penalised = client.chat.completions.create(
+        model="tiny",
+        messages=HELLO,
+        max_tokens=5,
+        temperature=0,
+        logit_bias={str(token): 5},
+        frequency_penalty=2.0,
+        presence_penalty=2.0,
+        extra_body={"repetition_penalty": 1.2, "min_tokens": 5},
+    )
+    assert penalised.usage is not None and penalised.usage.completion_tokens == 5
+    assert (penalised.choices[0].message.content or "").count("hello") < 5

@@ -68,9 +68,13 @@ class GenerationFields(BaseModel):
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     user: StrictStr | None = Field(default=None, max_length=256, description="Accepted; the key names the caller.")
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(default=None, max_length=300)
+    repetition_penalty: float | None = Field(
+        default=None, gt=0.0, le=10.0, description="Extension (transformers' semantics, over prompt and output)."
+    )
+    min_tokens: StrictInt | None = Field(default=None, ge=0, description="Extension: no end before this many tokens.")
     response_format: ResponseFormat | None = None
     # vLLM's names for constrained output, as its clients send them.
     guided_json: dict[str, Any] | StrictStr | None = None
@@ -87,18 +91,12 @@ class GenerationFields(BaseModel):
     def _few_stops(cls, value: list[str] | str | None) -> list[str] | str | None:
         return few_stops(value)
 
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalty(cls, value: float | None) -> float | None:
-        if value:
-            raise ValueError("penalties are not supported (only 0)")
-        return value
-
     @field_validator("logit_bias")
     @classmethod
-    def _no_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value:
-            raise ValueError("logit_bias is not supported")
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or {}:
+            if not key.isdigit():
+                raise ValueError(f"logit_bias keys are token ids, not {key[:40]!r}")
         return value
 
     @model_validator(mode="after")
@@ -149,6 +147,11 @@ class GenerationFields(BaseModel):
             seed=self.seed,
             close_within_budget=self.close_within_budget,
             logprobs=self.logprob_count(),
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            logit_bias=tuple(sorted((int(token), bias) for token, bias in (self.logit_bias or {}).items())),
+            min_tokens=min(self.min_tokens or 0, max_new_tokens),
         )
 
 
