@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,87 @@ def test_logit_bias_penalties_and_min_tokens_through_the_sdk(server: str, refere
     )
     assert penalised.usage is not None and penalised.usage.completion_tokens == 5
     assert (penalised.choices[0].message.content or "").count("hello") < 5
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def _valid_weather(arguments: str) -> None:
+    import jsonschema
+
+    jsonschema.validate(json.loads(arguments), WEATHER["function"]["parameters"])  # type: ignore[index]
+
+
+def test_tool_choice_required_gives_calls_whose_arguments_validate(server: str) -> None:
+    client = sdk(server)
+    for seed in range(3):
+        answer = client.chat.completions.create(
+            model="tiny",
+            messages=ASK_WEATHER,
+            tools=[WEATHER, TIME],  # type: ignore[list-item]
+            tool_choice="required",
+            max_tokens=80,
+            temperature=0.8,
+            seed=seed,
+        )
+        choice = answer.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None, repr(choice.message.content)
+        calls = choice.message.tool_calls
+        assert calls and all(c.function.name in ("get_weather", "get_time") for c in calls)  # type: ignore[union-attr]
+        for call in calls:
+            if call.function.name == "get_weather":  # type: ignore[union-attr]
+                _valid_weather(call.function.arguments)  # type: ignore[union-attr]
+    named = client.chat.completions.create(
+        model="tiny",
+        messages=ASK_WEATHER,
+        tools=[WEATHER, TIME],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=60,
+        temperature=0.8,
+        seed=1,
+    )
+    [call] = named.choices[0].message.tool_calls or []
+    assert call.function.name == "get_weather" and call.id.startswith("call_")  # type: ignore[union-attr]
+    _valid_weather(call.function.arguments)  # type: ignore[union-attr]
+
+
+def test_a_conversation_with_a_tool_result_continues(server: str) -> None:
+    client = sdk(server)
+    ask: dict[str, Any] = {"model": "tiny", "tools": [WEATHER], "max_tokens": 60, "temperature": 0}
+    first = client.chat.completions.create(
+        messages=ASK_WEATHER, tool_choice={"type": "function", "function": {"name": "get_weather"}}, **ask
+    )
+    call = (first.choices[0].message.tool_calls or [])[0]
+    conversation = [
+        *ASK_WEATHER,
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'},
+    ]
+    second = client.chat.completions.create(messages=conversation, tool_choice="none", **ask)
+    assert second.choices[0].message.content and second.choices[0].message.tool_calls is None
+    alone = client.chat.completions.create(messages=ASK_WEATHER, tool_choice="none", **{**ask, "max_tokens": 1})
+    assert second.usage is not None and alone.usage is not None
+    assert second.usage.prompt_tokens > alone.usage.prompt_tokens + 15  # the call and its result are in the prompt
+    streamed = list(
+        client.chat.completions.create(
+            messages=ASK_WEATHER, tool_choice="required", stream=True, **{**ask, "max_tokens": 80}
+        )
+    )
+    deltas = [d for c in streamed for d in (c.choices[0].delta.tool_calls or []) if c.choices]
+    assert deltas and deltas[0].function and deltas[0].function.name in ("get_weather",)
+    _valid_weather(deltas[0].function.arguments or "")
+    assert streamed[-1].choices[0].finish_reason == "tool_calls"

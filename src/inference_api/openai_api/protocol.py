@@ -17,9 +17,17 @@ from inference_api.engine.grammar import GrammarSpec
 from inference_api.engine.types import SamplingParams
 from inference_api.generation.protocol import ResponseFormat
 from inference_api.inference.protocol import StopString, few_stops
+from inference_api.openai_api.tools import NamedToolChoice, Tool, ToolCall, ToolChoice, ToolPlan, plan
 
 FinishReason = Literal["stop", "length", "tool_calls", "grammar_error"]
 _CONSTRAINTS = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 class StreamOptions(BaseModel):
@@ -34,19 +42,28 @@ class TextPart(BaseModel):
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[TextPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=128)
+    tool_call_id: StrictStr | None = None
 
     @model_validator(mode="after")
     def _has_text(self) -> ChatMessageIn:
-        if self.content is None:
-            raise ValueError("content is required (tool calls are not supported)")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (an assistant message may have tool_calls instead)")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs its tool_call_id")
         return self
 
     def text(self) -> str:
+        """The message as plain text: an assistant's calls as the JSON it would write, a tool's result with its call."""
         content = self.content
-        return content if isinstance(content, str) else "".join(part.text for part in content or [])
+        text = content if isinstance(content, str) else "".join(part.text for part in content or [])
+        if self.tool_calls:
+            calls = [{"name": c.function.name, "arguments": _loads(c.function.arguments)} for c in self.tool_calls]
+            text = (text + "\n" if text else "") + json.dumps(calls[0] if len(calls) == 1 else calls)
+        return text
 
     def template_role(self) -> str:
         # OpenAI's newer name for the system role; chat templates know only `system`.
@@ -161,17 +178,40 @@ class ChatCompletionRequest(GenerationFields):
     use_documents: StrictBool = Field(
         default=False, description="Extension: answer from the caller's uploaded documents; `sources` come back."
     )
-    tools: list[Any] | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
     functions: list[Any] | None = None
     logprobs: StrictBool | None = None
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
 
-    @field_validator("tools", "functions")
+    @field_validator("functions")
     @classmethod
-    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+    def _no_functions(cls, value: list[Any] | None) -> list[Any] | None:
         if value:
-            raise ValueError("tool and function calling are not supported")
+            raise ValueError("the deprecated functions are not supported; use tools")
         return value
+
+    @model_validator(mode="after")
+    def _tools_fit(self) -> ChatCompletionRequest:
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        named = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
+        if named is not None and named not in {t.function.name for t in self.tools or []}:
+            raise ValueError(f"tool_choice names {named!r}, which is not in tools")
+        if self.tool_plan_grammar() is not None and super().grammar() is not None:
+            raise ValueError("give one output constraint, not tools and a response format")
+        return self
+
+    def tool_plan(self) -> ToolPlan | None:
+        return plan(self.tools, self.tool_choice, self.parallel_tool_calls)
+
+    def tool_plan_grammar(self) -> GrammarSpec | None:
+        tools = self.tool_plan()
+        return tools.grammar() if tools is not None else None
+
+    def grammar(self) -> GrammarSpec | None:
+        return self.tool_plan_grammar() or super().grammar()
 
     @model_validator(mode="after")
     def _asks_something(self) -> ChatCompletionRequest:
@@ -241,6 +281,7 @@ class Usage(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class TopLogprob(BaseModel):

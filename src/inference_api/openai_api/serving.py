@@ -41,6 +41,7 @@ from inference_api.openai_api.protocol import (
     ModelCardList,
     Usage,
 )
+from inference_api.openai_api.tools import ToolPlan
 
 OWNER = "inference-api"
 
@@ -61,6 +62,7 @@ class Call:
     jobs: list[Job]
     include_usage: bool
     logprobs: int | None = None  # None: not asked for; k: with the k likeliest alternatives
+    tools: ToolPlan | None = None  # tools in play: the text is read back as calls when it is one
 
     @property
     def job(self) -> Job:
@@ -118,6 +120,9 @@ class OpenAIService:
         requested = self._check(ref, body)
         limit = requested or self._pipeline.engine.limits.max_new_tokens
         messages: list[Message] = [{"role": m.template_role(), "content": m.text()} for m in body.messages]
+        tools = body.tool_plan()
+        if tools is not None:
+            messages = _with_tools(messages, tools.system_text())
         job = await self._pipeline.chat_job(
             ref,
             messages,
@@ -136,6 +141,7 @@ class OpenAIService:
             self._pipeline.choices(job, body.n or 1),
             body.include_usage,
             body.logprob_count(),
+            tools,
         )
 
     async def prepare_completion(self, body: CompletionRequest, owner: str, arrived: float) -> Call:
@@ -180,15 +186,17 @@ class OpenAIService:
 
     async def chat_completion(self, call: Call) -> ChatCompletion:
         dones = await self._run(call)
-        choices = [
-            ChatChoice(
-                index=index,
-                message=AssistantMessage(content=done.text),
-                finish_reason=done.finish_reason,
-                logprobs=_chat_logprobs(done.logprobs) if call.logprobs is not None else None,
+        choices = []
+        for index, done in enumerate(dones):
+            calls = call.tools.calls(done.text) if call.tools is not None else None
+            choices.append(
+                ChatChoice(
+                    index=index,
+                    message=AssistantMessage(content=None if calls else done.text, tool_calls=calls),
+                    finish_reason="tool_calls" if calls else done.finish_reason,
+                    logprobs=_chat_logprobs(done.logprobs) if call.logprobs is not None else None,
+                )
             )
-            for index, done in enumerate(dones)
-        ]
         return ChatCompletion(
             id=call.id,
             created=call.created,
@@ -221,6 +229,8 @@ class OpenAIService:
                 for index in range(len(call.jobs)):
                     yield sse(_chunk(call, index, {"role": "assistant", "content": ""}))
             async for index, event in self._events(call):
+                if isinstance(event, TextDelta) and call.tools is not None:
+                    continue  # with tools, the answer is known to be text or calls only at its end
                 if isinstance(event, TextDelta):
                     logprobs = None
                     if call.logprobs is not None:
@@ -232,7 +242,7 @@ class OpenAIService:
                     yield sse(_chunk(call, index, event.text, logprobs=logprobs))
                 else:
                     dones.append(event)
-                    yield sse(self._finish(call, index, event))
+                    yield self._finish(call, index, event)
             if call.include_usage:
                 head = {"id": call.id, "object": _object(call), "created": call.created, "model": call.model}
                 yield sse({**head, "choices": [], "usage": _usage(dones).model_dump()})
@@ -272,12 +282,23 @@ class OpenAIService:
             for task in tasks:
                 task.cancel()
 
-    def _finish(self, call: Call, index: int, done: EngineCompletion) -> dict[str, object]:
-        """A choice's chunk with its finish reason (and the sources)."""
-        chunk = _chunk(call, index, {} if call.kind == "chat" else "", done.finish_reason)
+    def _finish(self, call: Call, index: int, done: EngineCompletion) -> str:
+        """A choice's chunk with its finish reason (and the sources); with tools, first its text or its calls, whole
+        (as OpenAI may send a call: in one delta)."""
+        events = ""
+        finish: str = done.finish_reason
+        if call.tools is not None:
+            calls = call.tools.calls(done.text)
+            if calls:
+                finish = "tool_calls"
+                deltas = [{"index": i, **c.model_dump()} for i, c in enumerate(calls)]
+                events += sse(_chunk(call, index, {"tool_calls": deltas}))
+            elif done.text:
+                events += sse(_chunk(call, index, done.text))
+        chunk = _chunk(call, index, {} if call.kind == "chat" else "", finish)
         if call.job.sources is not None:
             chunk["sources"] = [s.model_dump() for s in call.job.sources]
-        return chunk
+        return events + sse(chunk)
 
     async def embed(self, body: EmbeddingRequest) -> EmbeddingList:
         if body.model != EMBEDDING_MODEL:
@@ -310,6 +331,13 @@ class OpenAIService:
         ]
         usage = EmbeddingUsage(prompt_tokens=sum(counts), total_tokens=sum(counts))
         return EmbeddingList(data=data, model=EMBEDDING_MODEL, usage=usage)
+
+
+def _with_tools(messages: list[Message], text: str) -> list[Message]:
+    """The tools join the system message (after the caller's own, when there is one)."""
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": f"{messages[0]['content']}\n\n{text}"}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
 
 
 def _object(call: Call) -> str:
