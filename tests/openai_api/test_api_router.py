@@ -145,15 +145,15 @@ def test_errors_are_the_sdks_typed_exceptions_in_openais_shape(server: str) -> N
 @pytest.mark.parametrize(
     ("call", "param"),
     [
-        ({"n": 2}, "n"),
+        ({"n": 17}, "n"),
         ({"messages": []}, "messages"),
-        ({"messages": [{"role": "tool", "content": "x", "tool_call_id": "1"}]}, "messages.0.role"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0"),
         ({"max_tokens": 10_000}, "max_tokens"),
         ({"max_completion_tokens": 10_000}, "max_completion_tokens"),
         ({"temperature": 3}, "temperature"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"logprobs": True}, "logprobs"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"tools": [{"type": "function", "function": {"name": "no spaces"}}]}, "tools.0.function.name"),
     ],
 )
 def test_bad_parameters_are_bad_requests_naming_the_parameter(server: str, call: dict[str, Any], param: str) -> None:

@@ -147,6 +147,7 @@ def test_the_cache_is_bounded_least_recently_used_first() -> None:
     assert cache.key(_request("alice", [1], do_sample=True), None) is None  # sampled without a seed
     assert cache.key(_request("alice", [1], do_sample=True, seed=3), None) is not None
     assert ResponseCache(0).key(_request("alice", [1]), None) is None  # off
+    assert cache.key(_request("alice", [1], logprobs=0), None) is None  # its replay would lack the logprobs
     assert cache.forget_owner("bob") == 0 and cache.forget_owner("alice") == 2 and cache.size_bytes == 0
 
 

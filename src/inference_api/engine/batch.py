@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from inference_api.engine.kv import cache_keyword, slab_cache
 from inference_api.engine.runner import Sequence, advance, end_for_grammar
-from inference_api.engine.sampling import choose_next
-from inference_api.engine.types import GenerationRequest
+from inference_api.engine.sampling import adjust, choose_next, logprobs_of
+from inference_api.engine.types import GenerationRequest, TokenLogprob
 from inference_api.modeling.cache import LoadedModel
 from inference_api.modeling.prefix import LayerStates
 
@@ -55,9 +55,37 @@ class DecodeBatch:
         columns are [padding][prefix][padding][rest]; the mask and the explicit positions make that the
         same attention as an unpadded prompt.
         """
-        base = self.model.base
         self.model.activate()
         self._compact()
+        # Identical prompts (the n choices of one request) are run once and their rows copied.
+        firsts: dict[tuple[int, tuple[int, ...]], int] = {}
+        source = [
+            firsts.setdefault((s.request.shared_prefix, tuple(s.request.prompt_ids)), i)
+            for i, s in enumerate(sequences)
+        ]
+        unique = [sequences[i] for i in firsts.values()]
+        logits = self._prefill(unique)
+        if len(unique) < len(sequences):
+            order = {first: row for row, first in enumerate(firsts.values())}
+            index = torch.tensor([order[first] for first in source], device=logits.device)
+            self._copy_rows(len(self.sequences) - len(unique), index)
+            logits = logits.index_select(0, index)
+            self.sequences[len(self.sequences) - len(unique) :] = sequences
+        return self._choose(sequences, logits)
+
+    def _copy_rows(self, start: int, index: torch.Tensor) -> None:
+        """Rows from `start` on (the newcomers just joined) become `index`'s rows of them."""
+        assert self._mask is not None and self._positions is not None
+        rows = torch.cat([torch.arange(start, device=index.device), index + start])
+        self._mask = self._mask.index_select(0, rows)
+        self._positions = self._positions.index_select(0, rows)
+        for layer in self._cache.layers:
+            layer.replace(layer.keys.index_select(0, rows), layer.values.index_select(0, rows))
+        self._rows = list(range(len(rows)))
+
+    def _prefill(self, sequences: list[Sequence]) -> torch.Tensor:
+        """Prefill distinct prompts and join them; returns their last logits."""
+        base = self.model.base
         device = base.device
         prompts = [s.request.prompt_ids for s in sequences]
         prefixes = [self._prefix(s.request) for s in sequences]
@@ -86,7 +114,8 @@ class DecodeBatch:
                 logits_to_keep=1,
             )
         self._join(cache, mask, torch.tensor([len(p) for p in prompts], device=device), sequences)
-        return self._choose(sequences, out.logits[:, -1])
+        logits: torch.Tensor = out.logits[:, -1]
+        return logits
 
     def _prefix(self, request: GenerationRequest) -> LayerStates | None:
         """The stored keys and values of the request's shared prefix, computed (alone) and stored if new."""
@@ -186,25 +215,43 @@ class DecodeBatch:
         self._positions = torch.cat([self._positions, positions])
 
     def _choose(self, sequences: list[Sequence], logits: torch.Tensor) -> list[str]:
-        # One argmax for the whole batch; only sampled or constrained rows pay for their own work.
+        # One argmax for the whole batch; only rows that ask for more (sampling, a grammar, logit processors,
+        # log-probabilities) pay for their own work.
         greedy = logits.argmax(dim=-1).tolist()
         deltas = []
         for row, seq in enumerate(sequences):
+            params = seq.params
             grammar = seq.request.grammar
-            if grammar is None:
-                token = greedy[row] if seq.params.greedy else choose_next(logits[row], seq.params, seq.generator)
+            if grammar is None and not params.adjusts:
+                token = greedy[row] if params.greedy else choose_next(logits[row], params, seq.generator)
             else:
-                remaining = seq.params.max_new_tokens - seq.tokens_generated
-                allowed = grammar.mask(remaining, seq.eos)
-                if allowed is None:
-                    deltas.append(end_for_grammar(seq))
-                    continue
-                scores = logits[row].masked_fill(~allowed.to(logits.device)[: logits.shape[-1]], float("-inf"))
-                token = choose_next(scores, seq.params, seq.generator)
-                if token not in seq.eos:
-                    token = grammar.vet(token, remaining)
+                scores = logits[row]
+                if params.adjusts:
+                    generated = seq.assembler.ids
+                    scores = adjust(scores, params, seq.request.prompt_ids, generated, seq.eos)
+                if grammar is None:
+                    token = choose_next(scores, params, seq.generator)
+                else:
+                    remaining = params.max_new_tokens - seq.tokens_generated
+                    allowed = grammar.mask(remaining, seq.eos)
+                    if allowed is None:
+                        deltas.append(end_for_grammar(seq))
+                        continue
+                    scores = scores.masked_fill(~allowed.to(logits.device)[: logits.shape[-1]], float("-inf"))
+                    token = choose_next(scores, params, seq.generator)
+                    if token not in seq.eos:
+                        token = grammar.vet(token, remaining)
+            if params.logprobs is not None and token not in seq.eos:
+                seq.note_logprob(self._logprob(logits[row], token, params.logprobs))
             deltas.append(advance(seq, token))
         return deltas
+
+    def _logprob(self, logits: torch.Tensor, token: int, top: int) -> TokenLogprob:
+        """The token's log-probability under the model's own distribution (the raw logits: before temperature,
+        processors and grammar), with the `top` likeliest tokens'."""
+        decode = self.model.base.tokenizer.decode
+        value, best = logprobs_of(logits, token, top)
+        return TokenLogprob(token, decode([token]), value, tuple((i, decode([i]), lp) for i, lp in best))
 
 
 def _pad_left(states: torch.Tensor, columns: int) -> torch.Tensor:

@@ -5,13 +5,13 @@ The forward passes live in `batch.py`; beam search, which cannot share a token-b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from inference_api.engine.sampling import make_generator
-from inference_api.engine.types import FinishReason, GenerationRequest, SamplingParams
+from inference_api.engine.types import FinishReason, GenerationRequest, SamplingParams, TokenLogprob
 from inference_api.modeling.cache import LoadedModel
 
 
@@ -52,6 +52,11 @@ class TextAssembler:
         self.text = text
         return self._release(final=self.stopped)
 
+    @property
+    def ids(self) -> list[int]:
+        """The generated token ids so far (end-of-sequence excluded)."""
+        return self._ids
+
     def finish(self) -> str:
         return self._release(final=True)
 
@@ -85,10 +90,22 @@ class Sequence:
     last_token: int | None = None
     tokens_generated: int = 0
     finish_reason: FinishReason | None = None
+    # Log-probabilities, kept only when the request asked for them: all of them, and those not delivered yet.
+    logprobs: list[TokenLogprob] | None = None
+    fresh: list[TokenLogprob] = field(default_factory=list)
 
     @property
     def params(self) -> SamplingParams:
         return self.request.params
+
+    def note_logprob(self, entry: TokenLogprob) -> None:
+        if self.logprobs is not None:
+            self.logprobs.append(entry)
+            self.fresh.append(entry)
+
+    def take_fresh(self) -> tuple[TokenLogprob, ...]:
+        fresh, self.fresh = tuple(self.fresh), []
+        return fresh
 
 
 def new_sequence(model: LoadedModel, request: GenerationRequest) -> Sequence:
@@ -98,6 +115,7 @@ def new_sequence(model: LoadedModel, request: GenerationRequest) -> Sequence:
         assembler=TextAssembler(base.tokenizer, request.params.stop),
         eos=eos_ids(model),
         generator=make_generator(request.params, base.device),
+        logprobs=None if request.params.logprobs is None else [],
     )
 
 

@@ -36,3 +36,45 @@ def choose_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
         scores = scores.masked_fill(drop, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def adjust(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    prompt: list[int],
+    generated: list[int],
+    eos: frozenset[int],
+) -> torch.Tensor:
+    """One row's logits under its processors (only rows with `params.adjusts` come here): transformers'
+    repetition penalty over the prompt and the generated tokens, OpenAI's presence and frequency penalties over
+    the generated tokens, the logit bias, and end-of-sequence masked until `min_tokens` were generated."""
+    scores = logits.float().clone()
+    if params.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(prompt) | set(generated)), dtype=torch.long, device=scores.device)
+        seen = seen[seen < scores.shape[-1]]
+        picked = scores.index_select(0, seen)
+        picked = torch.where(picked > 0, picked / params.repetition_penalty, picked * params.repetition_penalty)
+        scores.index_copy_(0, seen, picked)
+    if generated and (params.presence_penalty or params.frequency_penalty):
+        counts = torch.bincount(torch.tensor(generated, device=scores.device), minlength=scores.shape[-1])
+        counts = counts[: scores.shape[-1]].to(scores.dtype)
+        scores -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).to(scores.dtype)
+    for token, bias in params.logit_bias:
+        if token < scores.shape[-1]:
+            scores[token] += bias
+    if len(generated) < params.min_tokens:
+        for token in eos:
+            if token < scores.shape[-1]:
+                scores[token] = float("-inf")
+    return scores
+
+
+def logprobs_of(logits: torch.Tensor, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """The chosen token's log-probability under the model's own distribution (log_softmax of the raw logits) and
+    the `top` likeliest tokens' (id, log-probability)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    best: list[tuple[int, float]] = []
+    if top > 0:
+        values, ids = torch.topk(logprobs, top)
+        best = list(zip(ids.tolist(), values.tolist(), strict=True))
+    return float(logprobs[token].item()), best

@@ -30,15 +30,47 @@ class SamplingParams:
     seed: int | None = None
     # With a grammar: near the end of the budget, allow only the way to close what is open (engine/grammar.py).
     close_within_budget: bool = True
+    # None: no log-probabilities; k >= 0: each chosen token's, with the k likeliest alternatives.
+    logprobs: int | None = None
+    # Logit processors, each applied only to the rows that set it (engine/sampling.py, `adjust`).
+    presence_penalty: float = 0.0  # OpenAI: minus this for each token already generated
+    frequency_penalty: float = 0.0  # OpenAI: minus this times the token's count in the generated text
+    repetition_penalty: float = 1.0  # transformers': over the prompt and the generated tokens
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    min_tokens: int = 0  # end-of-sequence masked until this many tokens were generated
 
     @property
     def greedy(self) -> bool:
         return not self.do_sample or self.temperature == 0.0
 
+    @property
+    def adjusts(self) -> bool:
+        """Whether the row's logits are processed before choosing (penalties, bias, min_tokens)."""
+        return bool(
+            self.presence_penalty
+            or self.frequency_penalty
+            or self.repetition_penalty != 1.0
+            or self.logit_bias
+            or self.min_tokens
+        )
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token with its log-probability under the model (log_softmax of the raw logits, before
+    temperature, penalties or a grammar's mask), and the likeliest tokens at that step (id, text, logprob)."""
+
+    id: int
+    text: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...] = ()
+
 
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    # The tokens this step generated, when the request asked for log-probabilities (the text may lag behind them).
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,6 +83,7 @@ class Completion:
     queue_time: float
     generation_time: float
     cached: bool = False  # answered from the response cache (generation/cache.py), not generated
+    logprobs: tuple[TokenLogprob, ...] | None = None  # every generated token's, when asked for
 
 
 @dataclass(frozen=True)

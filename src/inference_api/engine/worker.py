@@ -24,7 +24,14 @@ import torch
 from inference_api.engine.batch import DecodeBatch
 from inference_api.engine.queue import RequestQueue
 from inference_api.engine.runner import Sequence, beam_search, new_sequence
-from inference_api.engine.types import Completion, Failure, GenerationRequest, TextDelta
+from inference_api.engine.types import (
+    Completion,
+    Failure,
+    FinishReason,
+    GenerationRequest,
+    TextDelta,
+    TokenLogprob,
+)
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling.cache import LoadedModel, ModelCache
 from inference_api.modeling.registry import ModelRef
@@ -254,10 +261,12 @@ class DeviceWorker:
         now = time.monotonic()
         for seq, delta in zip(list(sequences), deltas, strict=True):
             self._note_tokens(seq.request, seq.tokens_generated, now)
-            if delta:
-                seq.request.emit(TextDelta(delta))
+            fresh = seq.take_fresh() if seq.logprobs is not None else ()
+            if delta or fresh:
+                seq.request.emit(TextDelta(delta, fresh))
             if seq.finish_reason is not None:
-                self._complete(seq.request, seq.assembler.text, seq.finish_reason, seq.tokens_generated)
+                logprobs = tuple(seq.logprobs) if seq.logprobs is not None else None
+                self._complete(seq.request, seq.assembler.text, seq.finish_reason, seq.tokens_generated, logprobs)
                 finished.append(seq)
         batch.remove(finished)
         if not batch.sequences:
@@ -299,19 +308,27 @@ class DeviceWorker:
             self._note_tokens(request, tokens, time.monotonic())
             self._complete(request, text, reason, tokens)
 
-    def _complete(self, request: GenerationRequest, text: str, reason: str, tokens: int) -> None:
+    def _complete(
+        self,
+        request: GenerationRequest,
+        text: str,
+        reason: FinishReason,
+        tokens: int,
+        logprobs: tuple[TokenLogprob, ...] | None = None,
+    ) -> None:
         started = request.started_at or request.enqueued_at
         self.stats.served += 1
         self.stats.tokens_generated += tokens
         request.emit(
             Completion(
                 text=text,
-                finish_reason="stop" if reason == "stop" else "length",
+                finish_reason=reason,
                 model=request.model,
                 prompt_tokens=len(request.prompt_ids),
                 tokens_generated=tokens,
                 queue_time=started - request.enqueued_at,
                 generation_time=time.monotonic() - started,
+                logprobs=logprobs,
             )
         )
 

@@ -74,6 +74,8 @@ class ResponseCache:
         seed, or it has no owner to keep it for)."""
         if not self.enabled or request.owner is None or not deterministic(request.params):
             return None
+        if request.params.logprobs is not None:  # a replayed stream would come without its tokens' logprobs
+            return None
         digest = hashlib.blake2b(array("q", request.prompt_ids).tobytes(), digest_size=20).digest()
         grounded = tuple((s.document_id, s.chunk_index) for s in sources) if sources is not None else None
         grammar = request.grammar.spec if request.grammar is not None else None

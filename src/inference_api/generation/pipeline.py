@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from inference_api.documents.grounding import NOTHING_FOUND, Grounding, Grounds
@@ -173,6 +173,29 @@ class GenerationPipeline:
             return await self.encode_raw(ref, prompt)
 
         return await self.job(ref, encode, params, arrived, owner=owner, fit=fit, grammar=grammar)
+
+    def choices(self, job: Job, n: int) -> list[Job]:
+        """`n` jobs of the job's prompt, each with its own generator (the seed s gives choice i the seed s + i, so all
+        n repeat) and its own copy of the grammar's matcher. The engine prefills identical prompts once."""
+        jobs = [job]
+        first = job.request
+        for index in range(1, n):
+            if first is None:
+                jobs.append(Job(job.ref, None, job.sources))
+                continue
+            seed = first.params.seed
+            params = replace(first.params, seed=None if seed is None else (seed + index) % 2**63)
+            request = GenerationRequest(
+                first.model,
+                first.prompt_ids,
+                params,
+                deadline=first.deadline,
+                owner=first.owner,
+                shared_prefix=first.shared_prefix,
+                grammar=first.grammar.copy() if first.grammar is not None else None,
+            )
+            jobs.append(Job(job.ref, request, job.sources))
+        return jobs
 
     async def submit(self, job: Job) -> None:
         """Queue the job, its owner's token budget reserved (refused at once when over it or when the queue is full):

@@ -17,9 +17,17 @@ from inference_api.engine.grammar import GrammarSpec
 from inference_api.engine.types import SamplingParams
 from inference_api.generation.protocol import ResponseFormat
 from inference_api.inference.protocol import StopString, few_stops
+from inference_api.openai_api.tools import NamedToolChoice, Tool, ToolCall, ToolChoice, ToolPlan, plan
 
 FinishReason = Literal["stop", "length", "tool_calls", "grammar_error"]
 _CONSTRAINTS = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 class StreamOptions(BaseModel):
@@ -34,19 +42,28 @@ class TextPart(BaseModel):
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[TextPart] | None = None
     name: StrictStr | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=128)
+    tool_call_id: StrictStr | None = None
 
     @model_validator(mode="after")
     def _has_text(self) -> ChatMessageIn:
-        if self.content is None:
-            raise ValueError("content is required (tool calls are not supported)")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required (an assistant message may have tool_calls instead)")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs its tool_call_id")
         return self
 
     def text(self) -> str:
+        """The message as plain text: an assistant's calls as the JSON it would write, a tool's result with its call."""
         content = self.content
-        return content if isinstance(content, str) else "".join(part.text for part in content or [])
+        text = content if isinstance(content, str) else "".join(part.text for part in content or [])
+        if self.tool_calls:
+            calls = [{"name": c.function.name, "arguments": _loads(c.function.arguments)} for c in self.tool_calls]
+            text = (text + "\n" if text else "") + json.dumps(calls[0] if len(calls) == 1 else calls)
+        return text
 
     def template_role(self) -> str:
         # OpenAI's newer name for the system role; chat templates know only `system`.
@@ -62,16 +79,19 @@ class GenerationFields(BaseModel):
     max_tokens: StrictInt | None = Field(default=None, gt=0)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    n: StrictInt | None = None
+    n: StrictInt | None = Field(default=None, ge=1, le=16, description="Choices, each sampled on its own.")
     stop: list[StopString] | StopString | None = None
     seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     user: StrictStr | None = Field(default=None, max_length=256, description="Accepted; the key names the caller.")
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    logprobs: Any = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = Field(default=None, max_length=300)
+    repetition_penalty: float | None = Field(
+        default=None, gt=0.0, le=10.0, description="Extension (transformers' semantics, over prompt and output)."
+    )
+    min_tokens: StrictInt | None = Field(default=None, ge=0, description="Extension: no end before this many tokens.")
     response_format: ResponseFormat | None = None
     # vLLM's names for constrained output, as its clients send them.
     guided_json: dict[str, Any] | StrictStr | None = None
@@ -83,37 +103,17 @@ class GenerationFields(BaseModel):
         description="Extension: with a JSON constraint, close the JSON before max_tokens runs out (see README).",
     )
 
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, value: int | None) -> int | None:
-        if value not in (None, 1):
-            raise ValueError("only n=1 is supported")
-        return value
-
     @field_validator("stop")
     @classmethod
     def _few_stops(cls, value: list[str] | str | None) -> list[str] | str | None:
         return few_stops(value)
 
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalty(cls, value: float | None) -> float | None:
-        if value:
-            raise ValueError("penalties are not supported (only 0)")
-        return value
-
     @field_validator("logit_bias")
     @classmethod
-    def _no_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value:
-            raise ValueError("logit_bias is not supported")
-        return value
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: Any) -> Any:
-        if value not in (None, False, 0):
-            raise ValueError("logprobs are not supported")
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or {}:
+            if not key.isdigit():
+                raise ValueError(f"logit_bias keys are token ids, not {key[:40]!r}")
         return value
 
     @model_validator(mode="after")
@@ -147,6 +147,10 @@ class GenerationFields(BaseModel):
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
 
+    def logprob_count(self) -> int | None:
+        """None: no log-probabilities; k: the chosen tokens' with the k likeliest alternatives."""
+        return None
+
     def sampling(self, max_new_tokens: int) -> SamplingParams:
         # OpenAI samples unless told temperature 0; its default temperature is 1.
         temperature = 1.0 if self.temperature is None else self.temperature
@@ -159,6 +163,12 @@ class GenerationFields(BaseModel):
             stop=stop,
             seed=self.seed,
             close_within_budget=self.close_within_budget,
+            logprobs=self.logprob_count(),
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            logit_bias=tuple(sorted((int(token), bias) for token, bias in (self.logit_bias or {}).items())),
+            min_tokens=min(self.min_tokens or 0, max_new_tokens),
         )
 
 
@@ -168,16 +178,40 @@ class ChatCompletionRequest(GenerationFields):
     use_documents: StrictBool = Field(
         default=False, description="Extension: answer from the caller's uploaded documents; `sources` come back."
     )
-    tools: list[Any] | None = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
     functions: list[Any] | None = None
-    top_logprobs: StrictInt | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
 
-    @field_validator("tools", "functions")
+    @field_validator("functions")
     @classmethod
-    def _no_tools(cls, value: list[Any] | None) -> list[Any] | None:
+    def _no_functions(cls, value: list[Any] | None) -> list[Any] | None:
         if value:
-            raise ValueError("tool and function calling are not supported")
+            raise ValueError("the deprecated functions are not supported; use tools")
         return value
+
+    @model_validator(mode="after")
+    def _tools_fit(self) -> ChatCompletionRequest:
+        if self.tool_choice not in (None, "none", "auto") and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        named = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
+        if named is not None and named not in {t.function.name for t in self.tools or []}:
+            raise ValueError(f"tool_choice names {named!r}, which is not in tools")
+        if self.tool_plan_grammar() is not None and super().grammar() is not None:
+            raise ValueError("give one output constraint, not tools and a response format")
+        return self
+
+    def tool_plan(self) -> ToolPlan | None:
+        return plan(self.tools, self.tool_choice, self.parallel_tool_calls)
+
+    def tool_plan_grammar(self) -> GrammarSpec | None:
+        tools = self.tool_plan()
+        return tools.grammar() if tools is not None else None
+
+    def grammar(self) -> GrammarSpec | None:
+        return self.tool_plan_grammar() or super().grammar()
 
     @model_validator(mode="after")
     def _asks_something(self) -> ChatCompletionRequest:
@@ -185,9 +219,18 @@ class ChatCompletionRequest(GenerationFields):
             raise ValueError("messages need at least one user message with text")
         return self
 
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
     def requested_max_tokens(self) -> int | None:
         # max_completion_tokens is OpenAI's newer name; it wins when both are sent.
         return self.max_completion_tokens or self.max_tokens
+
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 Prompt = Annotated[StrictStr, Field(min_length=1, max_length=200_000)]
@@ -199,6 +242,10 @@ class CompletionRequest(GenerationFields):
     suffix: StrictStr | None = None
     best_of: StrictInt | None = None
     use_documents: StrictBool | None = None
+    logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
     @field_validator("echo", "use_documents")
     @classmethod
@@ -233,14 +280,37 @@ class Usage(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: None = None
 
 
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
 
 
 class ChatCompletion(BaseModel):
@@ -257,7 +327,7 @@ class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):

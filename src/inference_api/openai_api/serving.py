@@ -7,8 +7,9 @@ import asyncio
 import base64
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from inference_api.api.errors import openai_error_body
 from inference_api.api.sse import sse
@@ -16,6 +17,7 @@ from inference_api.documents.embedding import MODEL_NAME as EMBEDDING_MODEL
 from inference_api.documents.lazy import LazyDocuments
 from inference_api.engine.types import Completion as EngineCompletion
 from inference_api.engine.types import TextDelta
+from inference_api.engine.types import TokenLogprob as EngineLogprob
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.generation.pipeline import GenerationPipeline, Job
 from inference_api.modeling.prompt import Message
@@ -25,19 +27,21 @@ from inference_api.openai_api.protocol import (
     ChatChoice,
     ChatCompletion,
     ChatCompletionRequest,
+    ChatLogprobs,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     Embedding,
     EmbeddingList,
     EmbeddingRequest,
     EmbeddingUsage,
-    FinishReason,
     GenerationFields,
     ModelCard,
     ModelCardList,
     Usage,
 )
+from inference_api.openai_api.tools import ToolPlan
 
 OWNER = "inference-api"
 
@@ -49,14 +53,27 @@ def model_id(ref: ModelRef) -> str:
 
 @dataclass
 class Call:
-    """One completion call on its way through the engine, with what its OpenAI answer will say."""
+    """One completion call on its way through the engine (a job per choice), with what its OpenAI answer will say."""
 
     kind: str  # "chat" | "text"
     id: str
     created: int
     model: str
-    job: Job
+    jobs: list[Job]
     include_usage: bool
+    logprobs: int | None = None  # None: not asked for; k: with the k likeliest alternatives
+    tools: ToolPlan | None = None  # tools in play: the text is read back as calls when it is one
+
+    @property
+    def job(self) -> Job:
+        return self.jobs[0]
+
+
+@dataclass
+class _Choice:
+    """What one choice has sent so far (a completion's text offsets count from its first character)."""
+
+    offset: int = 0
 
 
 class OpenAIService:
@@ -103,6 +120,9 @@ class OpenAIService:
         requested = self._check(ref, body)
         limit = requested or self._pipeline.engine.limits.max_new_tokens
         messages: list[Message] = [{"role": m.template_role(), "content": m.text()} for m in body.messages]
+        tools = body.tool_plan()
+        if tools is not None:
+            messages = _with_tools(messages, tools.system_text())
         job = await self._pipeline.chat_job(
             ref,
             messages,
@@ -113,7 +133,16 @@ class OpenAIService:
             fit=requested is None,
             grammar=body.grammar(),
         )
-        return Call("chat", _call_id("chatcmpl"), int(time.time()), model_id(ref), job, body.include_usage)
+        return Call(
+            "chat",
+            _call_id("chatcmpl"),
+            int(time.time()),
+            model_id(ref),
+            self._pipeline.choices(job, body.n or 1),
+            body.include_usage,
+            body.logprob_count(),
+            tools,
+        )
 
     async def prepare_completion(self, body: CompletionRequest, owner: str, arrived: float) -> Call:
         ref = self._ref(body.model)
@@ -122,66 +151,154 @@ class OpenAIService:
         job = await self._pipeline.raw_job(
             ref, body.text(), body.sampling(limit), arrived, owner=owner, fit=requested is None, grammar=body.grammar()
         )
-        return Call("text", _call_id("cmpl"), int(time.time()), model_id(ref), job, body.include_usage)
+        return Call(
+            "text",
+            _call_id("cmpl"),
+            int(time.time()),
+            model_id(ref),
+            self._pipeline.choices(job, body.n or 1),
+            body.include_usage,
+            body.logprob_count(),
+        )
 
     async def submit(self, call: Call) -> None:
-        """Queue a streamed call before its response starts: a full queue or an exhausted quota is a plain error."""
-        await self._pipeline.submit(call.job)
+        """Queue a streamed call before its response starts: a full queue or an exhausted quota is a plain error
+        (and the choices already queued are withdrawn)."""
+        submitted: list[Job] = []
+        try:
+            for job in call.jobs:
+                await self._pipeline.submit(job)
+                submitted.append(job)
+        except BaseException:
+            for job in submitted:
+                if job.request is not None:
+                    self._pipeline.engine.cancel(job.request)
+            raise
 
-    async def _run(self, call: Call) -> tuple[str, FinishReason, Usage]:
-        done = await self._pipeline.complete(call.job)
-        return done.text, done.finish_reason, _usage(done)
+    async def _run(self, call: Call) -> list[EngineCompletion]:
+        """Every choice's completion; one that fails (or a caller that leaves) withdraws the others."""
+        tasks = [asyncio.ensure_future(self._pipeline.complete(job)) for job in call.jobs]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
 
     async def chat_completion(self, call: Call) -> ChatCompletion:
-        text, finish, usage = await self._run(call)
+        dones = await self._run(call)
+        choices = []
+        for index, done in enumerate(dones):
+            calls = call.tools.calls(done.text) if call.tools is not None else None
+            choices.append(
+                ChatChoice(
+                    index=index,
+                    message=AssistantMessage(content=None if calls else done.text, tool_calls=calls),
+                    finish_reason="tool_calls" if calls else done.finish_reason,
+                    logprobs=_chat_logprobs(done.logprobs) if call.logprobs is not None else None,
+                )
+            )
         return ChatCompletion(
             id=call.id,
             created=call.created,
             model=call.model,
-            choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=finish)],
-            usage=usage,
+            choices=choices,
+            usage=_usage(dones),
             sources=call.job.sources,
         )
 
     async def text_completion(self, call: Call) -> Completion:
-        text, finish, usage = await self._run(call)
-        return Completion(
-            id=call.id,
-            created=call.created,
-            model=call.model,
-            choices=[CompletionChoice(text=text, finish_reason=finish)],
-            usage=usage,
-        )
+        dones = await self._run(call)
+        choices = [
+            CompletionChoice(
+                index=index,
+                text=done.text,
+                finish_reason=done.finish_reason,
+                logprobs=_text_logprobs(done.logprobs, _Choice()) if call.logprobs is not None else None,
+            )
+            for index, done in enumerate(dones)
+        ]
+        return Completion(id=call.id, created=call.created, model=call.model, choices=choices, usage=_usage(dones))
 
     async def stream(self, call: Call) -> AsyncIterator[str]:
-        """Server-Sent Events as OpenAI sends them: chunks, a usage chunk if asked for, then `[DONE]`."""
+        """Server-Sent Events as OpenAI sends them: chunks (each naming its choice's `index`), a usage chunk if asked
+        for, then `[DONE]`."""
+        states = [_Choice() for _ in call.jobs]
+        dones: list[EngineCompletion] = []
         try:
             if call.kind == "chat":
-                yield self._chunk(call, {"role": "assistant", "content": ""})
-            async for event in self._pipeline.events(call.job):
+                for index in range(len(call.jobs)):
+                    yield sse(_chunk(call, index, {"role": "assistant", "content": ""}))
+            async for index, event in self._events(call):
+                if isinstance(event, TextDelta) and call.tools is not None:
+                    continue  # with tools, the answer is known to be text or calls only at its end
                 if isinstance(event, TextDelta):
-                    yield self._chunk(call, event.text)
+                    logprobs = None
+                    if call.logprobs is not None:
+                        logprobs = (
+                            {"content": _chat_entries(event.logprobs), "refusal": None}
+                            if call.kind == "chat"
+                            else _text_logprobs(event.logprobs, states[index]).model_dump()
+                        )
+                    yield sse(_chunk(call, index, event.text, logprobs=logprobs))
                 else:
-                    yield self._last(call, event)
+                    dones.append(event)
+                    yield self._finish(call, index, event)
+            if call.include_usage:
+                head = {"id": call.id, "object": _object(call), "created": call.created, "model": call.model}
+                yield sse({**head, "choices": [], "usage": _usage(dones).model_dump()})
         except ServiceError as exc:
             # The response has started: the error travels as an event, which the SDK raises as an APIError.
             yield sse(openai_error_body(exc))
             return
         yield "data: [DONE]\n\n"
 
-    def _chunk(self, call: Call, delta: str | dict[str, str], finish: str | None = None) -> str:
-        return sse(_chunk(call, delta, finish))
+    async def _events(self, call: Call) -> AsyncIterator[tuple[int, TextDelta | EngineCompletion]]:
+        """Every choice's events as they come, each with its choice's index; the first failure is raised, and
+        stopping early (or failing) withdraws every choice from the engine."""
+        if len(call.jobs) == 1:
+            async for event in self._pipeline.events(call.job):
+                yield 0, event
+            return
+        queue: asyncio.Queue[tuple[int, TextDelta | EngineCompletion | ServiceError]] = asyncio.Queue()
 
-    def _last(self, call: Call, done: EngineCompletion) -> str:
-        """The chunk with the finish reason (and the sources), then the usage chunk when asked for."""
-        chunk = _chunk(call, {} if call.kind == "chat" else "", done.finish_reason)
+        async def pump(index: int, job: Job) -> None:
+            try:
+                async for event in self._pipeline.events(job):
+                    queue.put_nowait((index, event))
+            except ServiceError as exc:
+                queue.put_nowait((index, exc))
+
+        tasks = [asyncio.create_task(pump(index, job)) for index, job in enumerate(call.jobs)]
+        try:
+            left = len(tasks)
+            while left:
+                index, item = await queue.get()
+                if isinstance(item, ServiceError):
+                    raise item
+                if isinstance(item, EngineCompletion):
+                    left -= 1
+                yield index, item
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    def _finish(self, call: Call, index: int, done: EngineCompletion) -> str:
+        """A choice's chunk with its finish reason (and the sources); with tools, first its text or its calls, whole
+        (as OpenAI may send a call: in one delta)."""
+        events = ""
+        finish: str = done.finish_reason
+        if call.tools is not None:
+            calls = call.tools.calls(done.text)
+            if calls:
+                finish = "tool_calls"
+                deltas = [{"index": i, **c.model_dump()} for i, c in enumerate(calls)]
+                events += sse(_chunk(call, index, {"tool_calls": deltas}))
+            elif done.text:
+                events += sse(_chunk(call, index, done.text))
+        chunk = _chunk(call, index, {} if call.kind == "chat" else "", finish)
         if call.job.sources is not None:
             chunk["sources"] = [s.model_dump() for s in call.job.sources]
-        events = sse(chunk)
-        if call.include_usage:
-            head = {key: chunk[key] for key in ("id", "object", "created", "model")}
-            events += sse({**head, "choices": [], "usage": _usage(done).model_dump()})
-        return events
+        return events + sse(chunk)
 
     async def embed(self, body: EmbeddingRequest) -> EmbeddingList:
         if body.model != EMBEDDING_MODEL:
@@ -216,15 +333,32 @@ class OpenAIService:
         return EmbeddingList(data=data, model=EMBEDDING_MODEL, usage=usage)
 
 
-def _chunk(call: Call, delta: str | dict[str, str], finish: str | None) -> dict[str, object]:
+def _with_tools(messages: list[Message], text: str) -> list[Message]:
+    """The tools join the system message (after the caller's own, when there is one)."""
+    if messages and messages[0]["role"] == "system":
+        return [{"role": "system", "content": f"{messages[0]['content']}\n\n{text}"}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
+
+
+def _object(call: Call) -> str:
+    return "chat.completion.chunk" if call.kind == "chat" else "text_completion"
+
+
+def _chunk(
+    call: Call,
+    index: int,
+    delta: str | dict[str, Any],
+    finish: str | None = None,
+    logprobs: dict[str, Any] | None = None,
+) -> dict[str, object]:
     if call.kind == "chat":
         content = {"content": delta} if isinstance(delta, str) else delta
-        choice: dict[str, object] = {"index": 0, "delta": content, "finish_reason": finish, "logprobs": None}
+        choice: dict[str, object] = {"index": index, "delta": content, "finish_reason": finish, "logprobs": logprobs}
     else:
-        choice = {"index": 0, "text": delta, "finish_reason": finish, "logprobs": None}
+        choice = {"index": index, "text": delta, "finish_reason": finish, "logprobs": logprobs}
     chunk: dict[str, object] = {
         "id": call.id,
-        "object": "chat.completion.chunk" if call.kind == "chat" else "text_completion",
+        "object": _object(call),
         "created": call.created,
         "model": call.model,
         "choices": [choice],
@@ -234,8 +368,43 @@ def _chunk(call: Call, delta: str | dict[str, str], finish: str | None) -> dict[
     return chunk
 
 
-def _usage(done: EngineCompletion) -> Usage:
-    prompt, generated = done.prompt_tokens, done.tokens_generated
+def _chat_entries(tokens: Sequence[EngineLogprob]) -> list[dict[str, Any]]:
+    return [
+        {
+            "token": token.text,
+            "logprob": token.logprob,
+            "bytes": list(token.text.encode()),
+            "top_logprobs": [
+                {"token": text, "logprob": value, "bytes": list(text.encode())} for _, text, value in token.top
+            ],
+        }
+        for token in tokens
+    ]
+
+
+def _chat_logprobs(tokens: Sequence[EngineLogprob] | None) -> ChatLogprobs:
+    return ChatLogprobs.model_validate({"content": _chat_entries(tokens or ())})
+
+
+def _text_logprobs(tokens: Sequence[EngineLogprob] | None, state: _Choice) -> CompletionLogprobs:
+    """OpenAI's legacy shape: the tokens, their log-probabilities, the alternatives by text, the text offsets."""
+    offsets = []
+    for token in tokens or ():
+        offsets.append(state.offset)
+        state.offset += len(token.text)
+    tops = [{text: value for _, text, value in token.top} for token in tokens or ()]
+    return CompletionLogprobs(
+        tokens=[token.text for token in tokens or ()],
+        token_logprobs=[token.logprob for token in tokens or ()],
+        top_logprobs=tops if any(tops) else None,
+        text_offset=offsets,
+    )
+
+
+def _usage(dones: Sequence[EngineCompletion]) -> Usage:
+    """The prompt once, and every choice's generated tokens."""
+    prompt = dones[0].prompt_tokens if dones else 0
+    generated = sum(done.tokens_generated for done in dones)
     return Usage(prompt_tokens=prompt, completion_tokens=generated, total_tokens=prompt + generated)
 
 
