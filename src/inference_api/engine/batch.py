@@ -222,25 +222,22 @@ class DecodeBatch:
         for row, seq in enumerate(sequences):
             params = seq.params
             grammar = seq.request.grammar
-            if grammar is None and not params.adjusts:
-                token = greedy[row] if params.greedy else choose_next(logits[row], params, seq.generator)
+            remaining = params.max_new_tokens - seq.tokens_generated
+            scores = logits[row]
+            if params.adjusts:
+                scores = adjust(scores, params, seq.request.prompt_ids, seq.assembler.ids, seq.eos)
+            if grammar is not None:
+                allowed = grammar.mask(remaining, seq.eos)
+                if allowed is None:
+                    deltas.append(end_for_grammar(seq))
+                    continue
+                scores = scores.masked_fill(~allowed.to(logits.device)[: logits.shape[-1]], float("-inf"))
+            if grammar is None and not params.adjusts and params.greedy:
+                token = greedy[row]
             else:
-                scores = logits[row]
-                if params.adjusts:
-                    generated = seq.assembler.ids
-                    scores = adjust(scores, params, seq.request.prompt_ids, generated, seq.eos)
-                if grammar is None:
-                    token = choose_next(scores, params, seq.generator)
-                else:
-                    remaining = params.max_new_tokens - seq.tokens_generated
-                    allowed = grammar.mask(remaining, seq.eos)
-                    if allowed is None:
-                        deltas.append(end_for_grammar(seq))
-                        continue
-                    scores = scores.masked_fill(~allowed.to(logits.device)[: logits.shape[-1]], float("-inf"))
-                    token = choose_next(scores, params, seq.generator)
-                    if token not in seq.eos:
-                        token = grammar.vet(token, remaining)
+                token = choose_next(scores, params, seq.generator)
+            if grammar is not None and token not in seq.eos:
+                token = grammar.vet(token, remaining)
             if params.logprobs is not None and token not in seq.eos:
                 seq.note_logprob(self._logprob(logits[row], token, params.logprobs))
             deltas.append(advance(seq, token))

@@ -15,10 +15,11 @@ can turn this off (`SamplingParams.close_within_budget`).
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -51,6 +52,18 @@ class GrammarSpec:
 
     kind: GrammarKind
     source: str = ""
+
+    @classmethod
+    def json_schema(cls, schema: dict[str, Any] | str) -> GrammarSpec:
+        return cls("json_schema", schema if isinstance(schema, str) else json.dumps(schema))
+
+    @classmethod
+    def choice(cls, choices: Sequence[str]) -> GrammarSpec:
+        return cls("choice", json.dumps(list(choices)))
+
+    @property
+    def is_json(self) -> bool:
+        return self.kind in ("json_schema", "json_object")
 
     def llguidance_grammar(self) -> str:
         """The grammar in llguidance's own form; a malformed one is refused when it is validated."""
@@ -137,14 +150,12 @@ class TokenTable:
 class RowGrammar:
     """One row's matcher: what may come next, and the token that came."""
 
-    def __init__(
-        self, table: TokenTable, grammar: str, *, json: bool, close_within_budget: bool = True, spec: GrammarSpec
-    ) -> None:
+    def __init__(self, table: TokenTable, spec: GrammarSpec, *, close_within_budget: bool = True) -> None:
         self.table = table
         self.spec = spec  # what it enforces (part of a response-cache key)
-        self.matcher = llguidance.LLMatcher(table.tokenizer, grammar, log_level=0)
+        self.matcher = llguidance.LLMatcher(table.tokenizer, table.grammar(spec), log_level=0)
         # Closing is measured on JSON (schemas, json_object, tool calls): regexes and grammars end as they say.
-        self.close_within_budget = close_within_budget and json
+        self.close_within_budget = close_within_budget and spec.is_json
         self.scanner = JsonScanner()
         # Measuring the way to close costs a matcher walk, so it is done only when it may matter: every few steps
         # inside the window, every step when the budget comes near it; once closing, the path is followed.
@@ -157,16 +168,10 @@ class RowGrammar:
 
     def copy(self) -> RowGrammar:
         """An independent matcher in the same state (each of `n` choices decodes on its own)."""
-        twin = RowGrammar.__new__(RowGrammar)
-        twin.table, twin.close_within_budget, twin.spec = self.table, self.close_within_budget, self.spec
+        twin = copy.copy(self)
         twin.matcher, twin.scanner = self.matcher.deep_copy(), self.scanner.copy()
-        twin._closing, twin._estimate, twin._measured_at = list(self._closing), self._estimate, self._measured_at
-        twin._fallback = None
+        twin._closing, twin._fallback = list(self._closing), None
         return twin
-
-    @property
-    def error(self) -> str | None:
-        return self.matcher.get_error() if self.matcher.is_error() else None
 
     def mask(self, remaining: int, eos: frozenset[int]) -> torch.Tensor | None:
         """The tokens allowed next, as a bool tensor over the vocabulary, given `remaining` tokens of budget;
@@ -278,11 +283,7 @@ class Grammars:
 
     def row(self, base: str, spec: GrammarSpec, *, close_within_budget: bool = True) -> RowGrammar:
         """A fresh matcher for one row (blocking: call it off the event loop); INVALID_GRAMMAR when it cannot be."""
-        table = self._table(base)
-        json_output = spec.kind in ("json_schema", "json_object")
-        return RowGrammar(
-            table, table.grammar(spec), json=json_output, close_within_budget=close_within_budget, spec=spec
-        )
+        return RowGrammar(self._table(base), spec, close_within_budget=close_within_budget)
 
     def _table(self, base: str) -> TokenTable:
         with self._lock:

@@ -95,11 +95,10 @@ class GenerationPipeline:
         if grounds is not None and not grounds.hits:
             return Job(ref, None, grounds.sources())
         encoded = await encode(grounds)
-        job = self.encoded_job(ref, encoded, params, arrived, owner=owner, grounded=grounds is not None, fit=fit)
-        assert job.request is not None
-        job.request.grammar = constraint
-        job.sources = grounds.sources() if grounds is not None else None
-        return job
+        sources = grounds.sources() if grounds is not None else None
+        return self.encoded_job(
+            ref, encoded, params, arrived, owner=owner, sources=sources, grammar=constraint, fit=fit
+        )
 
     async def constraint(self, ref: ModelRef, grammar: GrammarSpec, params: SamplingParams) -> RowGrammar:
         """A row's matcher for `grammar` (compiled off the event loop; validated grammars are remembered)."""
@@ -117,10 +116,12 @@ class GenerationPipeline:
         arrived: float,
         *,
         owner: str,
-        grounded: bool = False,
+        sources: list[Source] | None = None,
+        grammar: RowGrammar | None = None,
         fit: bool = False,
     ) -> Job:
-        """A job for a prompt already encoded, held to the limits; its deadline counts from `arrived`."""
+        """A job for a prompt already encoded (grounded on `sources` when given), held to the limits; its deadline
+        counts from `arrived`."""
         if fit:
             params = fit_to_context(params, encoded)
         check_token_budget(encoded, params.max_new_tokens, self.limits.max_input_tokens)
@@ -131,9 +132,10 @@ class GenerationPipeline:
             deadline=arrived + self.limits.request_timeout,
             owner=owner,
             # Sources make each grounded system block unique: nothing to share.
-            shared_prefix=0 if grounded else encoded.shared_prefix,
+            shared_prefix=0 if sources is not None else encoded.shared_prefix,
+            grammar=grammar,
         )
-        return Job(ref, request)
+        return Job(ref, request, sources)
 
     async def chat_job(
         self,

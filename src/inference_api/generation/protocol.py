@@ -4,7 +4,6 @@ engine enforces row by row."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, model_validator
@@ -47,9 +46,9 @@ class ResponseFormat(BaseModel):
             return GrammarSpec("json_object")
         if self.type == "json_schema":
             assert self.json_schema is not None
-            return GrammarSpec("json_schema", json.dumps(self.json_schema.json_schema))
+            return GrammarSpec.json_schema(self.json_schema.json_schema)
         if self.type == "regex":
             return GrammarSpec("regex", self.regex or "")
         if self.type == "choice":
-            return GrammarSpec("choice", json.dumps(self.choices))
+            return GrammarSpec.choice(self.choices or [])
         return GrammarSpec("grammar", self.grammar or "")

@@ -130,12 +130,11 @@ class GenerationFields(BaseModel):
         if self.response_format is not None:
             return self.response_format.spec()
         if self.guided_json is not None:
-            schema = self.guided_json if isinstance(self.guided_json, str) else json.dumps(self.guided_json)
-            return GrammarSpec("json_schema", schema)
+            return GrammarSpec.json_schema(self.guided_json)
         if self.guided_regex is not None:
             return GrammarSpec("regex", self.guided_regex)
         if self.guided_choice is not None:
-            return GrammarSpec("choice", json.dumps(self.guided_choice))
+            return GrammarSpec.choice(self.guided_choice)
         if self.guided_grammar is not None:
             return GrammarSpec("grammar", self.guided_grammar)
         return None

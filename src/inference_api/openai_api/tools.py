@@ -91,7 +91,7 @@ class ToolPlan:
     def grammar(self) -> GrammarSpec | None:
         if self.mode == "named":
             tool = next(t for t in self.tools if t.function.name == self.named)
-            return GrammarSpec("json_schema", json.dumps(tool.function.parameters_schema()))
+            return GrammarSpec.json_schema(tool.function.parameters_schema())
         if self.mode == "auto":
             return None
         calls = [
@@ -105,7 +105,7 @@ class ToolPlan:
         ]
         one: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
         schema = {"type": "array", "items": one, "minItems": 1} if self.parallel else one
-        return GrammarSpec("json_schema", json.dumps(schema))
+        return GrammarSpec.json_schema(schema)
 
     def calls(self, text: str) -> list[ToolCall] | None:
         """The output as calls; None when it is not one (`auto`: the model answered in text)."""
