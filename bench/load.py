@@ -177,13 +177,18 @@ class OursApi:
         )
 
 
+@dataclass(frozen=True)
 class OpenAIChatApi:
     """POST /v1/chat/completions with stream=true.
 
     Tokens come from the `usage` the final chunk carries when the server sends one (transformers serve
-    does); otherwise each non-empty content delta counts as one token (llama-cpp-python streams one token
-    per chunk). `stream_options` is not sent: transformers serve rejects fields it does not implement.
+    does; vLLM does when asked with `include_usage`); otherwise each non-empty content delta counts as one
+    token (llama-cpp-python streams one token per chunk). `stream_options` is sent only with `include_usage`:
+    transformers serve rejects fields it does not implement.
     """
+
+    model: str | None = None
+    include_usage: bool = False
 
     async def send(self, client: httpx.AsyncClient, prompt: str, max_tokens: int) -> RequestResult:
         body: dict[str, Any] = {
@@ -193,6 +198,10 @@ class OpenAIChatApi:
             # Greedy, as our server decodes by default; llama-cpp-python would sample at 0.8 otherwise.
             "temperature": 0.0,
         }
+        if self.model is not None:
+            body["model"] = self.model
+        if self.include_usage:
+            body["stream_options"] = {"include_usage": True}
         started = time.perf_counter()
         ttft: float | None = None
         chunks = 0

