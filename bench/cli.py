@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     notes: list[str] = []
     model_dir: Path | None = None
-    if any(key in args.servers for key in ("ours", "ours-b1", "transformers")):
+    if any(key in args.servers for key in ("ours", "ours-b1", "transformers", "vllm")):
         _progress(f"preparing the model in {data_dir} (log {log_dir / 'prepare.log'})")
         try:
             model_dir = prepare_model(data_dir, log_dir / "prepare.log")
