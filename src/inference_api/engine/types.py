@@ -108,6 +108,8 @@ class GenerationRequest:
     shared_prefix: int = 0
     # What the output must match (response_format, guided_*, tools): masks the row's logits; None: free.
     grammar: RowGrammar | None = field(default=None, repr=False)
+    # What keeps related requests on one upstream replica (a chat session's id); None: any replica.
+    affinity: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None

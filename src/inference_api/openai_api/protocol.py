@@ -235,8 +235,12 @@ class ChatCompletionRequest(GenerationFields):
 Prompt = Annotated[StrictStr, Field(min_length=1, max_length=200_000)]
 
 
+TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1, max_length=200_000)]
+
+
 class CompletionRequest(GenerationFields):
-    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=1)]
+    # Text, or token ids (as vLLM takes them: a gateway that encoded the prompt itself sends them as they are).
+    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=1)] | TokenIds
     echo: StrictBool | None = None
     suffix: StrictStr | None = None
     best_of: StrictInt | None = None
@@ -267,8 +271,12 @@ class CompletionRequest(GenerationFields):
             raise ValueError("only best_of=1 is supported")
         return value
 
-    def text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def text(self) -> str | list[int]:
+        """The prompt's text, or its token ids."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        first = self.prompt[0]
+        return first if isinstance(first, str) else [int(t) for t in self.prompt]
 
 
 class Usage(BaseModel):
@@ -348,6 +356,39 @@ class ModelCard(BaseModel):
 class ModelCardList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class TokenizeMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: Prompt
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's `POST /tokenize`: a prompt, or messages put into the model's chat template."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = None
+    prompt: Prompt | None = None
+    messages: list[TokenizeMessage] | None = Field(default=None, min_length=1, max_length=1000)
+    add_generation_prompt: StrictBool = True
+    add_special_tokens: StrictBool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        if self.messages is not None and not self.add_generation_prompt:
+            raise ValueError("add_generation_prompt=false is not supported")
+        if self.prompt is not None and not self.add_special_tokens:
+            raise ValueError("add_special_tokens=false is not supported")
+        return self
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
 
 
 class EmbeddingRequest(BaseModel):
