@@ -35,7 +35,8 @@ from inference_api.upstream.replicas import Replica, ReplicaSet
 logger = logging.getLogger(__name__)
 
 _ERROR_BODY_LIMIT = 64 * 1024  # what is read of an upstream's error body
-_TOO_LONG = ("maximum context length", "context length", "too long", "max_model_len", "token_limit_exceeded")
+# How a too-long prompt is said: vLLM's messages, OpenAI's code (which our own server sends too).
+_TOO_LONG = ("maximum context length", "maximum model length", "context_length_exceeded", "token_limit_exceeded")
 
 
 class _Retry(Exception):
