@@ -62,6 +62,7 @@ class UpstreamBackend:
         environ = os.environ if environ is None else environ
         self._metrics = metrics
         self._health_interval = settings.upstream_health_interval
+        self._connect_timeout = settings.upstream_connect_timeout
         self._sets: dict[str, ReplicaSet] = {}
         for spec in registry.specs():
             if spec.upstream is None:
@@ -320,7 +321,8 @@ class UpstreamBackend:
 
     async def _probe(self, replicas: ReplicaSet, replica: Replica) -> str | None:
         """None when the replica answers; else why not."""
-        timeout = min(self._health_interval, 5.0)
+        # A busy replica answers its health check late, not never: a few seconds, however often it is checked.
+        timeout = httpx.Timeout(5.0, connect=self._connect_timeout)
         for url in (f"{replica.root}/health", f"{replica.url}/models"):
             try:
                 response = await self._client.get(url, headers=self._headers(replicas), timeout=timeout)
