@@ -5,6 +5,7 @@ refusals in our envelope, a client that leaves closing the upstream request, a r
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 from pathlib import Path
 
@@ -124,6 +125,30 @@ def test_load_spreads_and_a_session_sticks(fleet: str) -> None:
         assert reply.status_code == 200, reply.text
     turns = {u: n - before[u] for u, n in served(fleet).items()}
     assert sorted(turns.values()) == [0, 4], turns  # every turn on the same replica
+
+
+def test_structured_outputs_are_passed_to_the_upstream(fleet: str) -> None:
+    """The tiny model writes noise; only the replica's grammar can make it valid JSON of the schema."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    client = OpenAI(base_url=f"{fleet}/v1", api_key=USER_KEY, max_retries=0, timeout=60)
+    for _ in range(2):
+        answer = client.chat.completions.create(
+            model="fleet",
+            messages=[{"role": "user", "content": "A number, as JSON"}],
+            max_tokens=24,
+            temperature=1.0,
+            response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+        )
+        value = json.loads(answer.choices[0].message.content or "")
+        assert isinstance(value["n"], int)
+    choice = httpx.post(
+        f"{fleet}/v1/completions",
+        json={"model": "fleet", "prompt": "Pick:", "max_tokens": 8, "structured_outputs": {"choice": ["yes", "no"]}},
+        headers=HEADERS,
+        timeout=60,
+    )
+    assert choice.status_code == 200, choice.text
+    assert choice.json()["choices"][0]["text"] in ("yes", "no")
 
 
 def test_limits_are_checked_before_forwarding_and_upstream_refusals_are_ours(fleet: str) -> None:

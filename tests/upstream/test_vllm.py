@@ -4,6 +4,7 @@ runs)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -152,6 +153,25 @@ def test_a_tokenizer_folder_counts_as_vllm_does_and_vllms_400_is_ours(
         )
         assert too_long.status_code == 400, too_long.text
         assert too_long.json()["error"]["code"] == "TOKEN_LIMIT_EXCEEDED"
+
+
+def test_structured_outputs_reach_vllm(tmp_path: Path, vllm: str, embedder: Embedder) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}, "country": {"type": "string", "maxLength": 20}},
+        "required": ["city", "country"],
+    }
+    with gateway(tmp_path, None, embedder, backend="openai", upstream_url=vllm, upstream_model=SERVED) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key=USER_KEY, max_retries=0, timeout=120)
+        answer = client.chat.completions.create(
+            model="fleet",
+            messages=[{"role": "user", "content": "Name a city and its country as JSON."}],
+            max_tokens=60,
+            temperature=0,
+            response_format={"type": "json_schema", "json_schema": {"name": "place", "schema": schema}},
+        )
+        value = json.loads(answer.choices[0].message.content or "")
+        assert set(value) == {"city", "country"}
 
 
 def test_a_client_that_leaves_aborts_the_generation_in_vllm(tmp_path: Path, vllm: str, embedder: Embedder) -> None:

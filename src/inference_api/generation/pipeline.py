@@ -22,12 +22,12 @@ from inference_api.documents.protocol import Source
 from inference_api.engine.grammar import GrammarSpec, RowGrammar
 from inference_api.engine.service import Engine, EngineLimits
 from inference_api.engine.types import Completion, GenerationRequest, SamplingParams, TextDelta
-from inference_api.errors import ServiceError
+from inference_api.errors import ErrorCode, ServiceError
 from inference_api.generation.cache import CachedAnswer, CacheKey, ResponseCache
 from inference_api.generation.limits import check_max_new_tokens, check_token_budget, fit_to_context
 from inference_api.modeling.prompt import EncodedPrompt, Message
 from inference_api.modeling.registry import ModelRef
-from inference_api.upstream.backend import UpstreamBackend
+from inference_api.upstream.backend import UpstreamBackend, structured_outputs
 
 # Builds the prompt, given what was found in the owner's documents (None: documents were not asked for).
 Encode = Callable[[Grounds | None], Awaitable[EncodedPrompt]]
@@ -110,23 +110,36 @@ class GenerationPipeline:
         documents are searched or anything is queued.
         `affinity`: what keeps related jobs (a chat session's turns) on one upstream replica.
         """
-        self._check_upstream(ref, params, grammar)
-        constraint = await self.constraint(ref, grammar, params) if grammar is not None else None
+        upstream = self._engine.is_upstream(ref.base)
+        if upstream:
+            self._check_upstream(params, grammar)
+        # An upstream constrains the output itself (its structured outputs); a local row compiles its matcher here.
+        constraint = await self.constraint(ref, grammar, params) if grammar is not None and not upstream else None
         grounds = await self._grounding.find(owner, question) if question is not None else None
         if grounds is not None and not grounds.hits:
             return Job(ref, None, grounds.sources())
         encoded = await encode(grounds)
         sources = grounds.sources() if grounds is not None else None
         return self.encoded_job(
-            ref, encoded, params, arrived, owner=owner, sources=sources, grammar=constraint, fit=fit, affinity=affinity
+            ref,
+            encoded,
+            params,
+            arrived,
+            owner=owner,
+            sources=sources,
+            grammar=constraint,
+            fit=fit,
+            affinity=affinity,
+            structured=grammar if upstream else None,
         )
 
-    def _check_upstream(self, ref: ModelRef, params: SamplingParams, grammar: GrammarSpec | None) -> None:
-        """What an upstream model cannot do through this service yet, refused before anything is sent."""
-        if not self._engine.is_upstream(ref.base):
-            return
+    def _check_upstream(self, params: SamplingParams, grammar: GrammarSpec | None) -> None:
+        """What an upstream model cannot take, refused before anything is sent."""
         if grammar is not None:
-            raise ServiceError.invalid("response_format", "response formats are not passed to upstream models yet")
+            try:
+                structured_outputs(grammar)
+            except ValueError:
+                raise ServiceError(ErrorCode.INVALID_GRAMMAR, "the JSON schema is not valid JSON") from None
         if params.num_beams > 1:
             raise ServiceError.invalid("num_beams", "beam search is not available for upstream models")
         if params.logprobs is not None:
@@ -152,6 +165,7 @@ class GenerationPipeline:
         grammar: RowGrammar | None = None,
         fit: bool = False,
         affinity: str | None = None,
+        structured: GrammarSpec | None = None,
     ) -> Job:
         """A job for a prompt already encoded (grounded on `sources` when given), held to the limits; its deadline
         counts from `arrived`."""
@@ -168,6 +182,7 @@ class GenerationPipeline:
             shared_prefix=0 if sources is not None else encoded.shared_prefix,
             grammar=grammar,
             affinity=affinity,
+            structured=structured,
         )
         return Job(ref, request, sources)
 
@@ -232,6 +247,7 @@ class GenerationPipeline:
                 shared_prefix=first.shared_prefix,
                 grammar=first.grammar.copy() if first.grammar is not None else None,
                 affinity=first.affinity,
+                structured=first.structured,
             )
             jobs.append(Job(job.ref, request, job.sources))
         return jobs

@@ -20,7 +20,14 @@ from inference_api.inference.protocol import StopString, few_stops
 from inference_api.openai_api.tools import NamedToolChoice, Tool, ToolCall, ToolChoice, ToolPlan, plan
 
 FinishReason = Literal["stop", "length", "tool_calls", "grammar_error"]
-_CONSTRAINTS = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
+_CONSTRAINTS = (
+    "response_format",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+)
 
 
 def _loads(text: str) -> Any:
@@ -32,6 +39,38 @@ def _loads(text: str) -> Any:
 
 class StreamOptions(BaseModel):
     include_usage: StrictBool = False
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's current field for constrained output (it replaced the `guided_*` ones): exactly one constraint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    json_: dict[str, Any] | StrictStr | None = Field(default=None, alias="json")
+    regex: StrictStr | None = Field(default=None, max_length=100_000)
+    choice: list[StrictStr] | None = Field(default=None, min_length=1, max_length=1000)
+    grammar: StrictStr | None = Field(default=None, max_length=100_000)
+    json_object: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> StructuredOutputs:
+        given = [
+            v for v in (self.json_, self.regex, self.choice, self.grammar, self.json_object or None) if v is not None
+        ]
+        if len(given) != 1:
+            raise ValueError("structured_outputs takes exactly one of json, regex, choice, grammar or json_object")
+        return self
+
+    def spec(self) -> GrammarSpec:
+        if self.json_ is not None:
+            return GrammarSpec.json_schema(self.json_)
+        if self.regex is not None:
+            return GrammarSpec("regex", self.regex)
+        if self.choice is not None:
+            return GrammarSpec.choice(self.choice)
+        if self.grammar is not None:
+            return GrammarSpec("grammar", self.grammar)
+        return GrammarSpec("json_object")
 
 
 class TextPart(BaseModel):
@@ -93,7 +132,8 @@ class GenerationFields(BaseModel):
     )
     min_tokens: StrictInt | None = Field(default=None, ge=0, description="Extension: no end before this many tokens.")
     response_format: ResponseFormat | None = None
-    # vLLM's names for constrained output, as its clients send them.
+    structured_outputs: StructuredOutputs | None = None
+    # vLLM's names for constrained output, as its clients send them (older ones, then `structured_outputs`).
     guided_json: dict[str, Any] | StrictStr | None = None
     guided_regex: StrictStr | None = Field(default=None, max_length=100_000)
     guided_choice: list[StrictStr] | None = Field(default=None, min_length=1, max_length=1000)
@@ -129,6 +169,8 @@ class GenerationFields(BaseModel):
         """What the output must match, from whichever constraint was given."""
         if self.response_format is not None:
             return self.response_format.spec()
+        if self.structured_outputs is not None:
+            return self.structured_outputs.spec()
         if self.guided_json is not None:
             return GrammarSpec.json_schema(self.guided_json)
         if self.guided_regex is not None:

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from inference_api.api.request_context import request_id_var
+from inference_api.engine.grammar import GrammarSpec
 from inference_api.engine.types import Completion, Failure, FinishReason, GenerationRequest, TextDelta
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling.prompt import EncodedPrompt, Message
@@ -385,7 +386,20 @@ def completion_body(replicas: ReplicaSet, request: GenerationRequest) -> dict[st
         body["logit_bias"] = {str(token): bias for token, bias in params.logit_bias}
     if params.min_tokens:
         body["min_tokens"] = params.min_tokens
+    if request.structured is not None:
+        body["structured_outputs"] = structured_outputs(request.structured)
     return body
+
+
+def structured_outputs(spec: GrammarSpec) -> dict[str, Any]:
+    """vLLM's `structured_outputs` for what the output must match (our own server takes the same field)."""
+    if spec.kind == "json_object":
+        return {"json_object": True}
+    if spec.kind == "json_schema":
+        return {"json": json.loads(spec.source)}
+    if spec.kind == "choice":
+        return {"choice": json.loads(spec.source)}
+    return {spec.kind: spec.source}  # "regex" or "grammar"
 
 
 def _finish_reason(value: str) -> FinishReason:
