@@ -110,8 +110,18 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, replica_registry: Path) -
             replica.kill()
 
 
-def fleet_registry(folder: Path, urls: list[str], tokenizer: Path | None, **entry: Any) -> Path:
-    upstream: dict[str, Any] = {"urls": urls, "model": "tiny", "api_key_env": UPSTREAM_KEY_ENV}
+def fleet_registry(
+    folder: Path,
+    urls: list[str],
+    tokenizer: Path | None,
+    *,
+    model: str = "tiny",
+    key_env: str | None = UPSTREAM_KEY_ENV,
+    **entry: Any,
+) -> Path:
+    upstream: dict[str, Any] = {"urls": urls, "model": model}
+    if key_env is not None:
+        upstream["api_key_env"] = key_env
     if tokenizer is not None:
         upstream["tokenizer"] = str(tokenizer)
     path = folder / "gateway-models.yaml"
