@@ -334,6 +334,8 @@ class Engine:
                 cut += 1
             # Its worker drops it at its next step (or before its prefill), as for a client that left.
             request.cancelled = True
+            if self.upstream is not None:
+                self.upstream.cancel(request)  # and an upstream's request is closed
         if cut:
             logger.warning("drain timeout: %d requests answered SHUTTING_DOWN", cut)
         self.cut_by_drain += cut
@@ -353,8 +355,10 @@ class Engine:
         self.begin_drain()
         if self._drain_timer is not None:
             self._drain_timer.cancel()
-        if self.upstream is not None:
+        if self.upstream is not None:  # its requests, then the workers' in what is left of the same time
+            started = time.monotonic()
             await self.upstream.drain(timeout)
+            timeout = max(0.0, timeout - (time.monotonic() - started))
         workers = [t for t in self._tasks if t.get_name() != "warm-up"]
         _, pending = await asyncio.wait(workers, timeout=timeout) if workers else (set(), set())
         for task in pending:
