@@ -45,7 +45,10 @@ class PromptEncoder:
             text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             # The template already holds the special tokens it wants (BOS included, if any).
             ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-            return EncodedPrompt(ids, entry.context_length, _system_block(tokenizer, messages, text, ids))
+            # Shared prefixes are this process's KV cache; an upstream model's prefix cache is the upstream's own.
+            local = self._registry.get(base).source.kind != "upstream"
+            shared = _system_block(tokenizer, messages, text, ids) if local else 0
+            return EncodedPrompt(ids, entry.context_length, shared)
         text = "\n".join(m["content"] for m in messages)
         return EncodedPrompt(list(tokenizer(text)["input_ids"]), entry.context_length)
 
