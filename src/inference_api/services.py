@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
@@ -117,6 +118,13 @@ def check_configuration(settings: Settings) -> tuple[ApiKeyStore, ModelRegistry]
         raise SettingsError(str(exc)) from None
     except Exception as exc:  # ServiceError for an unknown default model or version
         raise SettingsError(f"DEFAULT_MODEL / DEFAULT_VERSION: {exc}") from None
+    for spec in registry.specs():
+        # A key the operator meant to send and did not set would only show as the upstream's 401s.
+        variable = spec.upstream.api_key_env if spec.upstream is not None else None
+        if variable is not None and not os.environ.get(variable):
+            raise SettingsError(
+                f"MODEL_REGISTRY: model {spec.name!r} takes its upstream key from {variable}, which is not set"
+            )
     default_spec = registry.get(registry.default.base)
     if default_spec.source.kind == "builtin" and not is_prepared(builtin.builtin_folder(settings.data_dir)):
         try:

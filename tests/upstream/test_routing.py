@@ -9,6 +9,7 @@ import yaml
 
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling.registry import ModelRef, ModelRegistry
+from inference_api.services import check_configuration
 from inference_api.settings import SettingsError, load_settings
 from inference_api.upstream.backend import _error_from
 from inference_api.upstream.replicas import ReplicaSet
@@ -142,3 +143,18 @@ def test_backend_openai_needs_its_urls() -> None:
         load_settings(_env_file=None, backend="openai", upstream_url="vllm:8000")
     settings = load_settings(_env_file=None, backend="openai", upstream_url=" http://a:8000/v1/ , http://b:8000/v1")
     assert settings.upstream_urls == ["http://a:8000/v1", "http://b:8000/v1"]
+
+
+def test_an_upstream_key_variable_that_is_not_set_stops_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "models.yaml"
+    upstream = {"urls": ["http://a:8000/v1"], "model": "m", "api_key_env": "TEST_FLEET_KEY"}
+    path.write_text(yaml.safe_dump({"models": [{"name": "fleet", "upstream": upstream}]}))
+    settings = load_settings(_env_file=None, model_registry=path, data_dir=tmp_path)
+    monkeypatch.delenv("TEST_FLEET_KEY", raising=False)
+    with pytest.raises(SettingsError, match="TEST_FLEET_KEY"):
+        check_configuration(settings)
+    monkeypatch.setenv("TEST_FLEET_KEY", "sk-upstream")
+    _, registry = check_configuration(settings)
+    assert registry.upstream("fleet") is not None
