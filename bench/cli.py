@@ -15,7 +15,16 @@ from types import FrameType
 
 from bench.load import LevelResult, run_level
 from bench.prompts import PROMPTS
-from bench.report import ServerRun, error_notes, machine_description, ratios, round_ratios, table, token_notes
+from bench.report import (
+    ServerRun,
+    error_notes,
+    gateway_lines,
+    machine_description,
+    ratios,
+    round_ratios,
+    table,
+    token_notes,
+)
 from bench.servers import (
     SERVER_KEYS,
     BenchError,
@@ -225,7 +234,11 @@ def _run_in_turns(
         servers: list[ServerProcess] = []
         startups: dict[str, float] = {}
         for spec in specs:
-            server = stack.enter_context(ServerProcess(spec, log_dir / f"{spec.key}.log"))
+            upstream = next((s.base_url for s in servers if s.spec.key == spec.upstream), None)
+            if spec.upstream is not None and upstream is None:
+                notes.append(f"{spec.key}: not measured, its upstream {spec.upstream} did not start")
+                continue
+            server = stack.enter_context(ServerProcess(spec, log_dir / f"{spec.key}.log", upstream))
             try:
                 startups[spec.key] = _ready(server, args)
             except BenchError as exc:
@@ -272,6 +285,13 @@ def render(runs: Sequence[ServerRun], notes: Sequence[str], args: argparse.Names
     ratio_lines = ratios(runs)
     if ratio_lines:
         parts += ["", "Output tokens/s of ours (MAX_BATCH_SIZE=32) relative to each other server:", *ratio_lines]
+    through = gateway_lines(runs)
+    if through:
+        parts += [
+            "",
+            "Our gateway in front of vLLM against vLLM direct (same vLLM process, same load, in turns):",
+            *through,
+        ]
     note_lines = [*token_notes(runs), *(f"- {note}" for note in notes), *error_notes(runs)]
     if note_lines:
         parts += ["", "Notes:", *note_lines]
@@ -292,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     notes: list[str] = []
     model_dir: Path | None = None
-    if any(key in args.servers for key in ("ours", "ours-b1", "transformers", "vllm")):
+    if any(key in args.servers for key in ("ours", "ours-b1", "transformers", "vllm", "gateway")):
         _progress(f"preparing the model in {data_dir} (log {log_dir / 'prepare.log'})")
         try:
             model_dir = prepare_model(data_dir, log_dir / "prepare.log")
@@ -309,7 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs: list[ServerRun] = []
     interrupted = False
     try:
-        if args.rounds > 1:
+        # A gateway needs its upstream running beside it: such runs are always in turns.
+        if args.rounds > 1 or any(spec.upstream is not None for spec in specs):
             _run_in_turns(specs, args, log_dir, runs, notes)
         else:
             for spec in specs:

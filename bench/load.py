@@ -189,8 +189,10 @@ class OpenAIChatApi:
 
     model: str | None = None
     include_usage: bool = False
+    api_key: str | None = None  # sent as X-API-Key (our server as a gateway); None: no key
 
     async def send(self, client: httpx.AsyncClient, prompt: str, max_tokens: int) -> RequestResult:
+        headers = {"X-API-Key": self.api_key} if self.api_key else None
         body: dict[str, Any] = {
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens,
@@ -208,7 +210,7 @@ class OpenAIChatApi:
         usage_tokens: int | None = None
         finished = False
         try:
-            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response:
                 if response.status_code != 200:
                     return RequestResult(
                         ok=False, latency=time.perf_counter() - started, error=await _error_label(response)

@@ -89,6 +89,28 @@ def ratios(runs: Sequence[ServerRun]) -> list[str]:
     return lines
 
 
+def gateway_lines(runs: Sequence[ServerRun]) -> list[str]:
+    """Our gateway against the upstream it fronts (vLLM direct), per concurrency: throughput ratio, TTFT p50 added."""
+    gateway = next((run for run in runs if run.key == "gateway"), None)
+    direct = next((run for run in runs if run.key == "vllm"), None)
+    if gateway is None or direct is None:
+        return []
+    theirs = {level.concurrency: level for level in direct.levels}
+    lines = []
+    for level in gateway.levels:
+        other = theirs.get(level.concurrency)
+        if other is None or other.tokens_per_s <= 0:
+            continue
+        mine_ttft = percentile([r.ttft for r in level.ok if r.ttft is not None], 0.5)
+        their_ttft = percentile([r.ttft for r in other.ok if r.ttft is not None], 0.5)
+        added = "n/a" if mine_ttft is None or their_ttft is None else f"{(mine_ttft - their_ttft) * 1000:+.0f} ms"
+        lines.append(
+            f"- c={level.concurrency}: throughput {level.tokens_per_s / other.tokens_per_s:.1%} of direct, "
+            f"TTFT p50 {added}"
+        )
+    return lines
+
+
 def round_ratios(blocks: Mapping[str, Mapping[int, Sequence[LevelResult]]]) -> list[str]:
     """Per level and peer, the median and range of ours/peer over the rounds both measured (servers in turns)."""
     reference = blocks.get(REFERENCE_KEY)

@@ -24,7 +24,7 @@ import httpx
 
 from bench.load import Api, OpenAIChatApi, OursApi
 
-SERVER_KEYS: tuple[str, ...] = ("ours", "ours-b1", "transformers", "llamacpp", "vllm")
+SERVER_KEYS: tuple[str, ...] = ("ours", "ours-b1", "transformers", "llamacpp", "vllm", "gateway")
 MODEL_NAME = "smollm2-135m-instruct"
 API_KEY = "sk-bench-0123456789abcdef"
 API_KEYS_JSON = json.dumps([{"name": "bench", "key": API_KEY, "scopes": ["infer"]}])
@@ -95,6 +95,9 @@ class ServerSpec:
     token_note: str
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    # The key of a server this one sends its requests to (our gateway in front of vLLM): that server runs
+    # too, and its URL replaces "{upstream}" in `env`.
+    upstream: str | None = None
 
 
 def console_command(script: str, module: str) -> tuple[str, ...]:
@@ -190,6 +193,33 @@ def _ours(key: str, label: str, data_dir: Path, max_batch_size: int) -> ServerSp
         # Run from the data folder so that a developer's `.env` in the repository root does not change the
         # configuration under test.
         cwd=data_dir,
+    )
+
+
+def _gateway(data_dir: Path, model_dir: Path) -> ServerSpec:
+    """Our server with BACKEND=openai in front of the `vllm` peer: no weights loaded, prompts counted with the
+    model folder's tokenizer, generation by vLLM. Measured with the same API and load as vLLM direct."""
+    ours = _ours("gateway", "ours as gateway → vLLM", data_dir / "gateway", 32)
+    env = {
+        **ours.env,
+        "BACKEND": "openai",
+        "UPSTREAM_URL": "{upstream}/v1",
+        "UPSTREAM_MODEL": MODEL_NAME,
+        "UPSTREAM_TOKENIZER": str(model_dir),
+        "DEFAULT_MODEL": MODEL_NAME,
+        "MAX_QUEUE": "1024",
+    }
+    (data_dir / "gateway").mkdir(parents=True, exist_ok=True)
+    return ServerSpec(
+        key="gateway",
+        label="ours as gateway → vLLM",
+        command=ours.command,
+        ready_path="/ready",
+        api=OpenAIChatApi(model=MODEL_NAME, include_usage=True, api_key=API_KEY),
+        token_note="tokens from usage.completion_tokens in the final chunk (vLLM's usage, passed on)",
+        env=env,
+        cwd=data_dir / "gateway",
+        upstream="vllm",
     )
 
 
@@ -295,14 +325,26 @@ def build_specs(keys: list[str], data_dir: Path, model_dir: Path | None) -> tupl
                         env=vllm_env(),
                     )
                 )
+        elif key == "gateway":
+            if model_dir is None:
+                notes.append("gateway: skipped, the model folder could not be prepared")
+            elif "vllm" not in keys:
+                notes.append("gateway: skipped, it needs the vllm peer as its upstream (--servers vllm,gateway)")
+            elif not vllm_python().is_file():
+                notes.append(f"gateway: skipped, no vLLM venv at {vllm_python().parent.parent} (make vllm)")
+            else:
+                specs.append(_gateway(data_dir, model_dir))
+    # A server's upstream starts before it.
+    specs.sort(key=lambda spec: spec.upstream is not None)
     return specs, notes
 
 
 class ServerProcess:
     """A running server; leaving the `with` block always stops it (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, spec: ServerSpec, log_path: Path) -> None:
+    def __init__(self, spec: ServerSpec, log_path: Path, upstream_url: str | None = None) -> None:
         self.spec = spec
+        self.upstream_url = upstream_url
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -311,6 +353,8 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         command = [part.replace("{port}", str(self.port)) for part in self.spec.command]
         env = {**os.environ, **self.spec.env}
+        if self.upstream_url is not None:
+            env = {name: value.replace("{upstream}", self.upstream_url) for name, value in env.items()}
         with self.log_path.open("wb") as log:
             # A session of its own: Ctrl-C in the terminal reaches only the harness, which then stops the
             # server itself, and the whole process group can be signalled.

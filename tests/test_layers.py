@@ -19,6 +19,7 @@ PLUMBING = {
     "api",
     "engine",
     "modeling",
+    "upstream",
     *(f"observability.{name}" for name in ("metrics", "context", "memory", "http")),
 }
 # Top: the composition root and the process around it.

@@ -24,6 +24,7 @@ from inference_api.observability.api_router import router as observability_route
 from inference_api.observability.http import ObservabilityMiddleware
 from inference_api.observability.metrics import Metrics
 from inference_api.openai_api.api_router import router as openai_router
+from inference_api.openai_api.api_router import tokenize_router
 from inference_api.quotas.api_router import router as usage_router
 from inference_api.ratelimit.deps import RateLimitHeadersMiddleware, enforce_rate_limit
 from inference_api.redaction import log_redaction
@@ -73,7 +74,8 @@ def create_app(settings: Settings | None = None, *, warm_up: bool = True) -> Fas
     install_browser_policy(app, settings, pages)
     install_error_handlers(app)
     routers = [health_router, inference_router, models_router, chat_router, documents_router]
-    routers += [auth_router, usage_router, observability_router, openai_router, responses_router, web_router]
+    routers += [auth_router, usage_router, observability_router, openai_router, tokenize_router, responses_router]
+    routers.append(web_router)
     if settings.prometheus_enabled:
         routers.append(metrics_router(settings.metrics_path))
     for router in routers:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from pydantic import ValidationError
 
 from inference_api.api.state import SettingsState
 from inference_api.auth.deps import AuthState
@@ -35,7 +38,7 @@ from inference_api.modeling import builtin
 from inference_api.modeling.conversion import is_prepared
 from inference_api.modeling.loader import resolve_precision, worker_devices
 from inference_api.modeling.prompt import PromptEncoder
-from inference_api.modeling.registry import ModelRef, ModelRegistry
+from inference_api.modeling.registry import ModelRef, ModelRegistry, UpstreamSpec
 from inference_api.observability.deps import ObservabilityState
 from inference_api.observability.memory import MemoryMonitor, read_device_memory, retry_after
 from inference_api.observability.metrics import Metrics
@@ -44,6 +47,7 @@ from inference_api.quotas.service import TokenQuotas
 from inference_api.ratelimit.deps import RateLimitState
 from inference_api.ratelimit.service import RateLimiter
 from inference_api.settings import Settings, SettingsError
+from inference_api.upstream.backend import UpstreamBackend
 
 logger = logging.getLogger(__name__)
 
@@ -104,14 +108,23 @@ def check_configuration(settings: Settings) -> tuple[ApiKeyStore, ModelRegistry]
         raise SettingsError(f"MODEL_REGISTRY: {settings.model_registry} does not exist")
     try:
         registry = ModelRegistry.from_file(
-            settings.registry_path, ModelRef(settings.default_model, settings.default_version)
+            settings.registry_path,
+            ModelRef(settings.default_model, settings.default_version),
+            upstream=default_upstream(settings),
         )
         for device in worker_devices(settings.device):
             resolve_precision(settings.dtype, device)
-    except ValueError as exc:
+    except (ValueError, ValidationError) as exc:
         raise SettingsError(str(exc)) from None
     except Exception as exc:  # ServiceError for an unknown default model or version
         raise SettingsError(f"DEFAULT_MODEL / DEFAULT_VERSION: {exc}") from None
+    for spec in registry.specs():
+        # A key the operator meant to send and did not set would only show as the upstream's 401s.
+        variable = spec.upstream.api_key_env if spec.upstream is not None else None
+        if variable is not None and not os.environ.get(variable):
+            raise SettingsError(
+                f"MODEL_REGISTRY: model {spec.name!r} takes its upstream key from {variable}, which is not set"
+            )
     default_spec = registry.get(registry.default.base)
     if default_spec.source.kind == "builtin" and not is_prepared(builtin.builtin_folder(settings.data_dir)):
         try:
@@ -119,6 +132,21 @@ def check_configuration(settings: Settings) -> tuple[ApiKeyStore, ModelRegistry]
         except Exception as exc:
             raise SettingsError(str(exc)) from None
     return keys, registry
+
+
+def default_upstream(settings: Settings) -> UpstreamSpec | None:
+    """BACKEND=openai: the default model served by the fleet at UPSTREAM_URL, by the name UPSTREAM_MODEL."""
+    if settings.backend != "openai":
+        return None
+    try:
+        return UpstreamSpec(
+            urls=settings.upstream_urls,
+            model=settings.upstream_model or settings.default_model,
+            max_in_flight=settings.upstream_max_in_flight,
+            tokenizer=settings.upstream_tokenizer,
+        )
+    except ValidationError as exc:
+        raise SettingsError(f"UPSTREAM_URL / UPSTREAM_MODEL: {exc.errors()[0]['msg']}") from None
 
 
 async def open_services(settings: Settings, metrics: Metrics, stack: AsyncExitStack, *, warm_up: bool) -> Services:
@@ -140,6 +168,11 @@ async def open_services(settings: Settings, metrics: Metrics, stack: AsyncExitSt
     stack.push_async_callback(sessions.close)
     engine = Engine.build(settings, registry, encoder, metrics)
     engine.budget = quotas
+    if any(spec.upstream is not None for spec in registry.specs()):
+        upstream = UpstreamBackend(registry, settings, metrics)
+        stack.push_async_callback(upstream.close)  # after the engine has drained (the stack closes in reverse)
+        await upstream.start()
+        engine.upstream = upstream
     grounding = Grounding(documents, k=settings.rag_top_k, min_score=settings.rag_min_score)
     response_cache = ResponseCache(int(settings.response_cache_mb * 1024 * 1024), metrics)
     engine.on_model_change.append(response_cache.forget_model)

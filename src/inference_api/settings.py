@@ -83,6 +83,15 @@ class Settings(BaseSettings):
     model_registry: Path | None = None
     cache_size: int = Field(default=2, ge=1, le=64)
     device: str = "auto"
+    # "openai": the default model is served by an OpenAI-compatible fleet (vLLM) at UPSTREAM_URL; no local weights.
+    backend: Literal["local", "openai"] = "local"
+    upstream_url: str | None = None  # comma-separated /v1 base URLs of the upstream's replicas
+    upstream_model: str | None = None  # the name the upstream serves the default model by (default: DEFAULT_MODEL)
+    upstream_api_key: SecretStr | None = None
+    upstream_tokenizer: Path | None = None  # a tokenizer folder; None: the upstream's /tokenize counts tokens
+    upstream_max_in_flight: int = Field(default=256, ge=1)  # per replica
+    upstream_health_interval: float = Field(default=5.0, gt=0)
+    upstream_connect_timeout: float = Field(default=3.0, gt=0)
     dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = "auto"
 
     api_key_header: str = Field(default="X-API-Key", min_length=1, pattern=r"^[A-Za-z0-9-]+$")
@@ -143,6 +152,26 @@ class Settings(BaseSettings):
     @classmethod
     def _rate_limit(cls, value: str) -> str:
         return check_rate_limit(value)
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _upstream_urls(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for url in value.split(","):
+            if not url.strip().startswith(("http://", "https://")):
+                raise ValueError(f"{url.strip()!r} is not an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _upstream_backend(self) -> Settings:
+        if self.backend == "openai" and self.upstream_url is None:
+            raise ValueError("BACKEND=openai needs UPSTREAM_URL (the upstream's /v1 base URLs, comma-separated)")
+        return self
+
+    @property
+    def upstream_urls(self) -> list[str]:
+        return [url.strip().rstrip("/") for url in (self.upstream_url or "").split(",") if url.strip()]
 
     @model_validator(mode="after")
     def _memory_thresholds(self) -> Settings:

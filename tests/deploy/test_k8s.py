@@ -18,6 +18,7 @@ from tests.deploy.promql import DEPLOY, RULES_FILE, k8s_documents
 K8S = DEPLOY / "k8s"
 BASE = K8S / "base"
 GPU = K8S / "overlays" / "gpu"
+VLLM = K8S / "overlays" / "vllm"
 KUBERNETES_VERSION = "1.30"
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 # Read by libraries, not by Settings; the ConfigMap sets them so nothing reaches for the network.
@@ -90,6 +91,11 @@ def gpu() -> list[Resource]:
     return build(GPU)
 
 
+@pytest.fixture(scope="module")
+def vllm() -> list[Resource]:
+    return build(VLLM)
+
+
 def test_every_file_is_listed_in_its_folders_kustomization_and_every_listed_file_exists() -> None:
     folders = {path.parent for path in K8S.rglob("*.yaml")}
     for folder in folders:
@@ -121,7 +127,7 @@ def test_the_build_holds_the_whole_service(base: list[Resource]) -> None:
     }
 
 
-@pytest.mark.parametrize("variant", ["base", "gpu"])
+@pytest.mark.parametrize("variant", ["base", "gpu", "vllm"])
 def test_every_manifest_validates_against_the_kubernetes_schemas(variant: str, request: pytest.FixtureRequest) -> None:
     resources: list[Resource] = request.getfixturevalue(variant)
     for resource in resources:
@@ -266,3 +272,27 @@ def test_the_gpu_overlay_asks_for_a_gpu_with_the_cuda_image(gpu: list[Resource],
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     # Everything else is the base, unchanged.
     assert [r for r in gpu if r["kind"] != "Deployment"] == [r for r in base if r["kind"] != "Deployment"]
+
+
+def test_the_vllm_overlay_makes_the_service_a_gateway_over_each_vllm_replica(
+    vllm: list[Resource], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = find(vllm, "ConfigMap", "inference-api-config")["data"]
+    fleet = find(vllm, "StatefulSet", "vllm")
+    service = find(vllm, "Service", fleet["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"  # headless: one DNS name per replica
+    assert service["spec"]["selector"] == fleet["spec"]["selector"]["matchLabels"]
+    fields = {name.upper() for name in Settings.model_fields}
+    for name in fields:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in config.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.backend == "openai"
+    names = {f"{fleet['metadata']['name']}-{i}.{service['metadata']['name']}" for i in range(fleet["spec"]["replicas"])}
+    urls = [urlparse(url) for url in settings.upstream_urls]
+    assert {url.hostname for url in urls} == names
+    assert {url.port for url in urls} == {port["port"] for port in service["spec"]["ports"]}
+    engine = container(fleet["spec"]["template"]["spec"], "vllm")
+    assert engine["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert f"--served-model-name={settings.upstream_model}" in engine["args"]

@@ -105,7 +105,7 @@ def test_hub_ids_are_kept_as_given(tmp_path: Path) -> None:
 )
 def test_exactly_one_source_is_required(tmp_path: Path, sources: dict[str, str]) -> None:
     path = write(tmp_path, [{"name": "m", **sources}])
-    with pytest.raises(ValueError, match="exactly one of path, gguf or hub_id") as caught:
+    with pytest.raises(ValueError, match="exactly one of path, gguf, hub_id or upstream") as caught:
         ModelRegistry.from_file(path, BUILTIN)
     assert "MODEL_REGISTRY" in str(caught.value)
     assert str(path) in str(caught.value)

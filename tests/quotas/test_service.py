@@ -162,7 +162,7 @@ async def test_reservations_settle_with_what_was_generated(quotas: TokenQuotas) 
 
     done.emit(completion(7))
     failed.fail(ErrorCode.OUT_OF_MEMORY, "no memory")
-    engine: Any = SimpleNamespace(queue=RequestQueue(4), metrics=Metrics(), _unanswered=set())
+    engine: Any = SimpleNamespace(queue=RequestQueue(4), metrics=Metrics(), _unanswered=set(), upstream=None)
     Engine.cancel(engine, cancelled)
     cancelled.emit(completion(10))  # a worker finishing a step after the cancel charges nothing more
     assert await counts(quotas) == (7, 0)

@@ -150,18 +150,34 @@ class ChatService:
 
         question = body.message if body.use_documents else None
         job = await self._pipeline.job(
-            ref, encode, body.sampling(), arrived, owner=owner, question=question, grammar=body.grammar()
+            ref,
+            encode,
+            body.sampling(),
+            arrived,
+            owner=owner,
+            question=question,
+            grammar=body.grammar(),
+            affinity=session.id,
         )
         return Turn(session, Message(role="user", content=body.message), job, folded)
 
     async def _fold(self, owner: str, session: Session, ref: ModelRef, arrived: float) -> tuple[Session, int]:
         """Fold the older half of the kept messages (a whole turn at least) into the model's own summary."""
         count = min(len(session.messages), max(2, len(session.messages) // 2))
-        summary = await self._summarize(owner, ref, session.summary, session.messages[:count], arrived)
+        summary = await self._summarize(
+            owner, ref, session.summary, session.messages[:count], arrived, affinity=session.id
+        )
         return await self._store.fold(owner, session.id, summary=summary, folded=count), count
 
     async def _summarize(
-        self, owner: str, ref: ModelRef, earlier: str | None, messages: list[Message], arrived: float
+        self,
+        owner: str,
+        ref: ModelRef,
+        earlier: str | None,
+        messages: list[Message],
+        arrived: float,
+        *,
+        affinity: str | None = None,
     ) -> str:
         """Rolling summary; messages that do not fit one prompt are summarized a part at a time, all within the
         turn's deadline (it counts from the turn's `arrived`)."""
@@ -181,7 +197,7 @@ class ChatService:
                     end = start + (end - start) // 2
             params = SamplingParams(max_new_tokens=self._summary_max_tokens)
             # Summaries are generated for the owner's conversation, so they count against the owner's budget.
-            job = self._pipeline.encoded_job(ref, encoded, params, arrived, owner=owner)
+            job = self._pipeline.encoded_job(ref, encoded, params, arrived, owner=owner, affinity=affinity)
             completion = await self._pipeline.complete(job)
             # A model that writes nothing must not make the folded turns vanish: keep a short transcript.
             summary = completion.text.strip() or _transcript(summary, messages[start:end])

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from inference_api.engine.grammar import Grammars
 from inference_api.engine.queue import RequestQueue
@@ -21,6 +21,9 @@ from inference_api.modeling.prompt import PromptEncoder
 from inference_api.modeling.registry import ModelRef, ModelRegistry
 from inference_api.observability.metrics import Metrics
 from inference_api.settings import Settings
+
+if TYPE_CHECKING:
+    from inference_api.upstream.backend import UpstreamBackend
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,9 @@ class Engine:
         self.limits = limits
         self.state: EngineState = "starting"
         self.budget: TokenBudget | None = None  # token quotas, set by the composition root
+        # The models served by an upstream fleet (registry entries with `upstream:`), set by the composition root;
+        # their requests go there instead of the queue, with the same admission, budget, events and metrics.
+        self.upstream: UpstreamBackend | None = None
         # Called with a base model's name when one of its versions is loaded or it is unloaded on request.
         self.on_model_change: list[Callable[[str], object]] = []
         self.failure: str | None = None
@@ -121,9 +127,17 @@ class Engine:
                 worker.stats.restarts += 1
                 await asyncio.sleep(0.1)  # a loop that fails at once must not spin
 
+    def is_upstream(self, base: str) -> bool:
+        return self.upstream is not None and self.upstream.serves(base)
+
     async def _warm_up(self) -> None:
         self.state = "loading"
         ref = self.registry.default
+        if self.is_upstream(ref.base):
+            # Nothing to load here: the fleet's health was checked when the backend started.
+            self.state = "ready"
+            logger.info("default model %s is served upstream", ref)
+            return
         try:
             started = time.perf_counter()
             for worker in self.workers:
@@ -175,6 +189,10 @@ class Engine:
         """Queue a request or refuse it at once; no token budget is reserved (`submit` does that)."""
         self.check_accepting()
         request.on_finish = self._finished
+        if self.upstream is not None and self.upstream.serves(request.model.base):
+            self._unanswered.add(request)
+            self.upstream.submit(request)
+            return
         try:
             self.queue.put_nowait(request)
         except ServiceError as exc:
@@ -226,6 +244,8 @@ class Engine:
         request.cancelled = True
         self._unanswered.discard(request)
         self.queue.remove(request)
+        if self.upstream is not None:
+            self.upstream.cancel(request)
         # A cancelled request gets no final event from its worker; its reservation is refunded now.
         request.settle(0)
 
@@ -239,6 +259,8 @@ class Engine:
 
     async def load_model(self, ref: ModelRef) -> None:
         self.registry.resolve(ref)
+        if self.is_upstream(ref.base):
+            return  # its upstream holds it; nothing is loaded here
         try:
             await self._worker_for(ref).load(ref)
         except ServiceError:
@@ -256,6 +278,8 @@ class Engine:
         self.registry.get(base)
         if base == self.registry.default.base:
             raise ServiceError(ErrorCode.VALIDATION_ERROR, f"{base!r} is the default model and stays loaded")
+        if self.is_upstream(base):
+            return 0
         self._model_changed(base)
         return sum([await w.unload(base) for w in self.workers])
 
@@ -264,7 +288,13 @@ class Engine:
             listener(base)
 
     def loaded(self) -> set[ModelRef]:
-        return {ref for w in self.workers for ref in w.cache.refs()}
+        """The versions loaded here, and those of upstream models with a healthy replica."""
+        served = set()
+        if self.upstream is not None:
+            for base in self.upstream.models:
+                if self.upstream.available(base):
+                    served |= {ModelRef(base, version) for version in self.registry.get(base).versions}
+        return {ref for w in self.workers for ref in w.cache.refs()} | served
 
     def _worker_for(self, ref: ModelRef) -> DeviceWorker:
         for worker in self.workers:
@@ -304,6 +334,8 @@ class Engine:
                 cut += 1
             # Its worker drops it at its next step (or before its prefill), as for a client that left.
             request.cancelled = True
+            if self.upstream is not None:
+                self.upstream.cancel(request)  # and an upstream's request is closed
         if cut:
             logger.warning("drain timeout: %d requests answered SHUTTING_DOWN", cut)
         self.cut_by_drain += cut
@@ -323,6 +355,10 @@ class Engine:
         self.begin_drain()
         if self._drain_timer is not None:
             self._drain_timer.cancel()
+        if self.upstream is not None:  # its requests, then the workers' in what is left of the same time
+            started = time.monotonic()
+            await self.upstream.drain(timeout)
+            timeout = max(0.0, timeout - (time.monotonic() - started))
         workers = [t for t in self._tasks if t.get_name() != "warm-up"]
         _, pending = await asyncio.wait(workers, timeout=timeout) if workers else (set(), set())
         for task in pending:
@@ -342,6 +378,7 @@ class Engine:
     def snapshot(self) -> dict[str, Any]:
         return {
             "state": self.state,
+            "upstreams": self.upstream.snapshot() if self.upstream is not None else [],
             "queue": {"depth": len(self.queue), "max": self.queue.maxsize},
             "workers": [
                 {

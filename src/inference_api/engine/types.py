@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from inference_api.engine.grammar import RowGrammar
+from inference_api.engine.grammar import GrammarSpec, RowGrammar
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling.registry import ModelRef
 from inference_api.observability.context import RequestRecord, current_record
@@ -108,6 +108,10 @@ class GenerationRequest:
     shared_prefix: int = 0
     # What the output must match (response_format, guided_*, tools): masks the row's logits; None: free.
     grammar: RowGrammar | None = field(default=None, repr=False)
+    # What the output must match, for a backend that constrains it itself (an upstream's structured outputs).
+    structured: GrammarSpec | None = None
+    # What keeps related requests on one upstream replica (a chat session's id); None: any replica.
+    affinity: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     enqueued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None

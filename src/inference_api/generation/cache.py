@@ -78,7 +78,7 @@ class ResponseCache:
             return None
         digest = hashlib.blake2b(array("q", request.prompt_ids).tobytes(), digest_size=20).digest()
         grounded = tuple((s.document_id, s.chunk_index) for s in sources) if sources is not None else None
-        grammar = request.grammar.spec if request.grammar is not None else None
+        grammar = request.grammar.spec if request.grammar is not None else request.structured
         return CacheKey(request.owner, request.model, digest, request.params, grounded, grammar)
 
     def get(self, key: CacheKey) -> CachedAnswer | None:

@@ -22,11 +22,12 @@ from inference_api.documents.protocol import Source
 from inference_api.engine.grammar import GrammarSpec, RowGrammar
 from inference_api.engine.service import Engine, EngineLimits
 from inference_api.engine.types import Completion, GenerationRequest, SamplingParams, TextDelta
-from inference_api.errors import ServiceError
+from inference_api.errors import ErrorCode, ServiceError
 from inference_api.generation.cache import CachedAnswer, CacheKey, ResponseCache
 from inference_api.generation.limits import check_max_new_tokens, check_token_budget, fit_to_context
 from inference_api.modeling.prompt import EncodedPrompt, Message
 from inference_api.modeling.registry import ModelRef
+from inference_api.upstream.backend import UpstreamBackend, structured_outputs
 
 # Builds the prompt, given what was found in the owner's documents (None: documents were not asked for).
 Encode = Callable[[Grounds | None], Awaitable[EncodedPrompt]]
@@ -67,10 +68,27 @@ class GenerationPipeline:
         self._engine.check_accepting()
 
     async def encode_chat(self, ref: ModelRef, messages: list[Message]) -> EncodedPrompt:
+        upstream = self._remote_encoder(ref)
+        if upstream is not None:
+            return await upstream.encode_chat(ref.base, ref.version, messages)
         return await asyncio.to_thread(self._engine.encoder.encode_chat, ref.base, messages)
 
     async def encode_raw(self, ref: ModelRef, prompt: str) -> EncodedPrompt:
+        upstream = self._remote_encoder(ref)
+        if upstream is not None:
+            return await upstream.encode_raw(ref.base, ref.version, prompt)
         return await asyncio.to_thread(self._engine.encoder.encode_raw, ref.base, prompt)
+
+    async def encode_ids(self, ref: ModelRef, ids: list[int]) -> EncodedPrompt:
+        """A prompt given as token ids, checked against the model's vocabulary."""
+        return await asyncio.to_thread(self._engine.encoder.from_ids, ref.base, ids)
+
+    def _remote_encoder(self, ref: ModelRef) -> UpstreamBackend | None:
+        """The upstream that encodes `ref`'s prompts (its /tokenize), when no tokenizer folder is named for it here."""
+        upstream = self._engine.upstream
+        if upstream is not None and upstream.serves(ref.base) and not self._engine.encoder.encodes_here(ref.base):
+            return upstream
+        return None
 
     async def job(
         self,
@@ -83,22 +101,49 @@ class GenerationPipeline:
         question: str | None = None,
         fit: bool = False,
         grammar: GrammarSpec | None = None,
+        affinity: str | None = None,
     ) -> Job:
         """A job for `owner` (whose token budget pays), grounded on the owner's documents when `question` is given.
 
         `fit`: lower max_new_tokens to the room the prompt leaves (callers that set no maximum of their own).
         `grammar`: what the output must match; one the engine cannot compile is refused here, before the
         documents are searched or anything is queued.
+        `affinity`: what keeps related jobs (a chat session's turns) on one upstream replica.
         """
-        constraint = await self.constraint(ref, grammar, params) if grammar is not None else None
+        upstream = self._engine.is_upstream(ref.base)
+        if upstream:
+            self._check_upstream(params, grammar)
+        # An upstream constrains the output itself (its structured outputs); a local row compiles its matcher here.
+        constraint = await self.constraint(ref, grammar, params) if grammar is not None and not upstream else None
         grounds = await self._grounding.find(owner, question) if question is not None else None
         if grounds is not None and not grounds.hits:
             return Job(ref, None, grounds.sources())
         encoded = await encode(grounds)
         sources = grounds.sources() if grounds is not None else None
         return self.encoded_job(
-            ref, encoded, params, arrived, owner=owner, sources=sources, grammar=constraint, fit=fit
+            ref,
+            encoded,
+            params,
+            arrived,
+            owner=owner,
+            sources=sources,
+            grammar=constraint,
+            fit=fit,
+            affinity=affinity,
+            structured=grammar if upstream else None,
         )
+
+    def _check_upstream(self, params: SamplingParams, grammar: GrammarSpec | None) -> None:
+        """What an upstream model cannot take, refused before anything is sent."""
+        if grammar is not None:
+            try:
+                structured_outputs(grammar)
+            except ValueError:
+                raise ServiceError(ErrorCode.INVALID_GRAMMAR, "the JSON schema is not valid JSON") from None
+        if params.num_beams > 1:
+            raise ServiceError.invalid("num_beams", "beam search is not available for upstream models")
+        if params.logprobs is not None:
+            raise ServiceError.invalid("logprobs", "log-probabilities are not passed from upstream models yet")
 
     async def constraint(self, ref: ModelRef, grammar: GrammarSpec, params: SamplingParams) -> RowGrammar:
         """A row's matcher for `grammar` (compiled off the event loop; validated grammars are remembered)."""
@@ -119,6 +164,8 @@ class GenerationPipeline:
         sources: list[Source] | None = None,
         grammar: RowGrammar | None = None,
         fit: bool = False,
+        affinity: str | None = None,
+        structured: GrammarSpec | None = None,
     ) -> Job:
         """A job for a prompt already encoded (grounded on `sources` when given), held to the limits; its deadline
         counts from `arrived`."""
@@ -134,6 +181,8 @@ class GenerationPipeline:
             # Sources make each grounded system block unique: nothing to share.
             shared_prefix=0 if sources is not None else encoded.shared_prefix,
             grammar=grammar,
+            affinity=affinity,
+            structured=structured,
         )
         return Job(ref, request, sources)
 
@@ -161,7 +210,7 @@ class GenerationPipeline:
     async def raw_job(
         self,
         ref: ModelRef,
-        prompt: str,
+        prompt: str | list[int],
         params: SamplingParams,
         arrived: float,
         *,
@@ -169,9 +218,11 @@ class GenerationPipeline:
         fit: bool = False,
         grammar: GrammarSpec | None = None,
     ) -> Job:
-        """The prompt as-is, without the chat template."""
+        """The prompt as-is, without the chat template (a list: token ids, sent as they are)."""
 
         async def encode(_: Grounds | None) -> EncodedPrompt:
+            if isinstance(prompt, list):
+                return await self.encode_ids(ref, prompt)
             return await self.encode_raw(ref, prompt)
 
         return await self.job(ref, encode, params, arrived, owner=owner, fit=fit, grammar=grammar)
@@ -195,6 +246,8 @@ class GenerationPipeline:
                 owner=first.owner,
                 shared_prefix=first.shared_prefix,
                 grammar=first.grammar.copy() if first.grammar is not None else None,
+                affinity=first.affinity,
+                structured=first.structured,
             )
             jobs.append(Job(job.ref, request, job.sources))
         return jobs

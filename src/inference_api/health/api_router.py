@@ -86,6 +86,7 @@ async def status(
         cached_model_info=info,
         queue=snapshot["queue"],
         workers=snapshot["workers"],
+        upstreams=snapshot["upstreams"],
         memory=memory_report(),
         maintenance=maintenance.report(),
         sessions=await _session_count(sessions),

@@ -46,3 +46,7 @@ class Status(BaseModel):
     degraded: list[str] = Field(default_factory=list, description="Dependencies that are down.")
     dependencies: dict[str, dict[str, Any]] = Field(default_factory=dict)
     backends: dict[str, str | None] = Field(description="Where sessions and vectors live; URL credentials as ***.")
+    upstreams: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Models served by an upstream fleet: each replica's health, requests in flight, errors, latency.",
+    )

@@ -81,6 +81,8 @@ def weights_location(spec: BaseModelSpec, data_dir: Path) -> str:
             logger.info("converting %s into %s (once)", gguf_path.name, folder)
             convert_gguf(gguf_path, folder)
         return str(folder)
+    if kind == "upstream" and not Path(location).is_dir():
+        raise ServiceError(ErrorCode.MODEL_NOT_FOUND, f"model {spec.name!r}: its tokenizer folder is missing")
     if kind == "path" and not Path(location).is_dir():
         raise ServiceError(ErrorCode.MODEL_NOT_FOUND, f"model {spec.name!r}: its folder is missing")
     return location

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inference_api.errors import ErrorCode, ServiceError
 from inference_api.modeling.loader import context_length_of, load_tokenizer, weights_location
 from inference_api.modeling.registry import ModelRegistry
 
@@ -44,7 +45,10 @@ class PromptEncoder:
             text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             # The template already holds the special tokens it wants (BOS included, if any).
             ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-            return EncodedPrompt(ids, entry.context_length, _system_block(tokenizer, messages, text, ids))
+            # Shared prefixes are this process's KV cache; an upstream model's prefix cache is the upstream's own.
+            local = self._registry.get(base).source.kind != "upstream"
+            shared = _system_block(tokenizer, messages, text, ids) if local else 0
+            return EncodedPrompt(ids, entry.context_length, shared)
         text = "\n".join(m["content"] for m in messages)
         return EncodedPrompt(list(tokenizer(text)["input_ids"]), entry.context_length)
 
@@ -57,13 +61,33 @@ class PromptEncoder:
         entry = self._get(base)
         return entry.tokenizer, entry.vocab_size
 
+    def from_ids(self, base: str, ids: list[int]) -> EncodedPrompt:
+        """A prompt given as token ids (the OpenAI completions' `prompt: [ids]`), held to the model's context."""
+        entry = self._get(base)
+        outside = next((i for i in ids if not 0 <= i < entry.vocab_size), None)
+        if outside is not None:
+            raise ServiceError.invalid("prompt", f"token id {outside} is not in the model's vocabulary")
+        return EncodedPrompt(list(ids), entry.context_length)
+
+    def encodes_here(self, base: str) -> bool:
+        """Whether `base`'s prompts are encoded in this process (False: an upstream model without a tokenizer
+        folder, encoded by its upstream's /tokenize)."""
+        spec = self._registry.get(base)
+        return spec.source.kind != "upstream" or bool(spec.source.location)
+
     def _get(self, base: str) -> _Tokenizing:
         with self._lock:
             entry = self._loaded.get(base)
             if entry is None:
                 from transformers import AutoConfig
 
-                location = weights_location(self._registry.get(base), self._data_dir)
+                spec = self._registry.get(base)
+                if not self.encodes_here(base):
+                    raise ServiceError(
+                        ErrorCode.VALIDATION_ERROR,
+                        f"model {base!r} is encoded by its upstream (no tokenizer folder is configured for it here)",
+                    )
+                location = weights_location(spec, self._data_dir)
                 config = AutoConfig.from_pretrained(location)
                 tokenizer = load_tokenizer(location)
                 vocab = getattr(config, "vocab_size", None) or len(tokenizer)

@@ -182,6 +182,22 @@ class Metrics:
         self.response_cache_bytes = Gauge(
             "response_cache_bytes", "Bytes the response cache holds", multiprocess_mode="livesum", registry=r
         )
+        # Upstream replicas (upstream/): one series per model and replica URL (bounded: the registry lists them).
+        replica = ["model", "replica"]
+        self.upstream_healthy = Gauge(
+            "upstream_replica_healthy", "1 while the replica passes its health checks", replica,
+            multiprocess_mode="livemax", registry=r,
+        )  # fmt: skip
+        self.upstream_in_flight = Gauge(
+            "upstream_replica_in_flight", "Requests open on the replica", replica,
+            multiprocess_mode="livesum", registry=r,
+        )  # fmt: skip
+        self.upstream_requests = Counter(
+            "upstream_requests_total", "Requests sent to the replica, by outcome", [*replica, "outcome"], registry=r
+        )
+        self.upstream_latency = Histogram(
+            "upstream_response_seconds", "Time to the replica's response headers", replica, buckets=_LATENCY, registry=r
+        )
         self._batch_sizes: dict[str, int] = {}
         self._lock = threading.Lock()
         self._initialise(default_model, queue_capacity)
@@ -206,6 +222,18 @@ class Metrics:
                 self.successful_inferences.labels(model, version, domain)
             for code in ENGINE_FAILURES:
                 self.failed_inferences.labels(model, version, code.value)
+
+    # --- upstream replicas --------------------------------------------------------------------------
+
+    def upstream_replica(self, model: str, replica: str, *, healthy: bool, in_flight: int) -> None:
+        self.upstream_healthy.labels(model, replica).set(1 if healthy else 0)
+        self.upstream_in_flight.labels(model, replica).set(in_flight)
+
+    def upstream_request(self, model: str, replica: str, outcome: str, seconds: float | None = None) -> None:
+        """`outcome`: "ok", "retried" (failed before its first byte, sent again elsewhere), "error" or "cancelled"."""
+        self.upstream_requests.labels(model, replica, outcome).inc()
+        if seconds is not None:
+            self.upstream_latency.labels(model, replica).observe(seconds)
 
     # --- HTTP -------------------------------------------------------------------------------------
 

@@ -25,10 +25,14 @@ from inference_api.openai_api.protocol import (
     EmbeddingRequest,
     ModelCard,
     ModelCardList,
+    TokenizeRequest,
+    TokenizeResponse,
 )
 from inference_api.openai_api.serving import Call, OpenAIService
 
 router = APIRouter(prefix="/v1", tags=["openai"])
+# vLLM's own routes beside /v1 (a gateway in front of this server counts tokens with them).
+tokenize_router = APIRouter(tags=["openai"])
 
 _STREAMS: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {}}}}
 
@@ -84,3 +88,9 @@ async def get_model(model: str, _: CallerDep, service: OpenAIDep) -> ModelCard:
 async def embeddings(body: EmbeddingRequest, _: DocumentsCallerDep, service: OpenAIDep) -> EmbeddingList:
     """Embed texts with the documents' embedding model (384 dimensions, unit length)."""
     return await service.embed(body)
+
+
+@tokenize_router.post("/tokenize", response_model=TokenizeResponse)
+async def tokenize(body: TokenizeRequest, _: InferCallerDep, service: OpenAIDep) -> TokenizeResponse:
+    """Token ids of a prompt, or of messages in the model's chat template (vLLM's /tokenize)."""
+    return await service.tokenize(body)

@@ -20,7 +20,14 @@ from inference_api.inference.protocol import StopString, few_stops
 from inference_api.openai_api.tools import NamedToolChoice, Tool, ToolCall, ToolChoice, ToolPlan, plan
 
 FinishReason = Literal["stop", "length", "tool_calls", "grammar_error"]
-_CONSTRAINTS = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar")
+_CONSTRAINTS = (
+    "response_format",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+)
 
 
 def _loads(text: str) -> Any:
@@ -32,6 +39,38 @@ def _loads(text: str) -> Any:
 
 class StreamOptions(BaseModel):
     include_usage: StrictBool = False
+
+
+class StructuredOutputs(BaseModel):
+    """vLLM's current field for constrained output (it replaced the `guided_*` ones): exactly one constraint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    json_: dict[str, Any] | StrictStr | None = Field(default=None, alias="json")
+    regex: StrictStr | None = Field(default=None, max_length=100_000)
+    choice: list[StrictStr] | None = Field(default=None, min_length=1, max_length=1000)
+    grammar: StrictStr | None = Field(default=None, max_length=100_000)
+    json_object: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> StructuredOutputs:
+        given = [
+            v for v in (self.json_, self.regex, self.choice, self.grammar, self.json_object or None) if v is not None
+        ]
+        if len(given) != 1:
+            raise ValueError("structured_outputs takes exactly one of json, regex, choice, grammar or json_object")
+        return self
+
+    def spec(self) -> GrammarSpec:
+        if self.json_ is not None:
+            return GrammarSpec.json_schema(self.json_)
+        if self.regex is not None:
+            return GrammarSpec("regex", self.regex)
+        if self.choice is not None:
+            return GrammarSpec.choice(self.choice)
+        if self.grammar is not None:
+            return GrammarSpec("grammar", self.grammar)
+        return GrammarSpec("json_object")
 
 
 class TextPart(BaseModel):
@@ -93,7 +132,8 @@ class GenerationFields(BaseModel):
     )
     min_tokens: StrictInt | None = Field(default=None, ge=0, description="Extension: no end before this many tokens.")
     response_format: ResponseFormat | None = None
-    # vLLM's names for constrained output, as its clients send them.
+    structured_outputs: StructuredOutputs | None = None
+    # vLLM's names for constrained output, as its clients send them (older ones, then `structured_outputs`).
     guided_json: dict[str, Any] | StrictStr | None = None
     guided_regex: StrictStr | None = Field(default=None, max_length=100_000)
     guided_choice: list[StrictStr] | None = Field(default=None, min_length=1, max_length=1000)
@@ -129,6 +169,8 @@ class GenerationFields(BaseModel):
         """What the output must match, from whichever constraint was given."""
         if self.response_format is not None:
             return self.response_format.spec()
+        if self.structured_outputs is not None:
+            return self.structured_outputs.spec()
         if self.guided_json is not None:
             return GrammarSpec.json_schema(self.guided_json)
         if self.guided_regex is not None:
@@ -235,8 +277,12 @@ class ChatCompletionRequest(GenerationFields):
 Prompt = Annotated[StrictStr, Field(min_length=1, max_length=200_000)]
 
 
+TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1, max_length=200_000)]
+
+
 class CompletionRequest(GenerationFields):
-    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=1)]
+    # Text, or token ids (as vLLM takes them: a gateway that encoded the prompt itself sends them as they are).
+    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=1)] | TokenIds
     echo: StrictBool | None = None
     suffix: StrictStr | None = None
     best_of: StrictInt | None = None
@@ -267,8 +313,12 @@ class CompletionRequest(GenerationFields):
             raise ValueError("only best_of=1 is supported")
         return value
 
-    def text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def text(self) -> str | list[int]:
+        """The prompt's text, or its token ids."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        first = self.prompt[0]
+        return first if isinstance(first, str) else [int(t) for t in self.prompt]
 
 
 class Usage(BaseModel):
@@ -348,6 +398,39 @@ class ModelCard(BaseModel):
 class ModelCardList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class TokenizeMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: Prompt
+
+
+class TokenizeRequest(BaseModel):
+    """vLLM's `POST /tokenize`: a prompt, or messages put into the model's chat template."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: StrictStr | None = None
+    prompt: Prompt | None = None
+    messages: list[TokenizeMessage] | None = Field(default=None, min_length=1, max_length=1000)
+    add_generation_prompt: StrictBool = True
+    add_special_tokens: StrictBool = True
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        if self.messages is not None and not self.add_generation_prompt:
+            raise ValueError("add_generation_prompt=false is not supported")
+        if self.prompt is not None and not self.add_special_tokens:
+            raise ValueError("add_special_tokens=false is not supported")
+        return self
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
 
 
 class EmbeddingRequest(BaseModel):

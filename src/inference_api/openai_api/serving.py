@@ -39,6 +39,8 @@ from inference_api.openai_api.protocol import (
     GenerationFields,
     ModelCard,
     ModelCardList,
+    TokenizeRequest,
+    TokenizeResponse,
     Usage,
 )
 from inference_api.openai_api.tools import ToolPlan
@@ -90,6 +92,17 @@ class OpenAIService:
         ]
         cards.append(ModelCard(id=EMBEDDING_MODEL, created=created, owned_by=OWNER))
         return ModelCardList(data=cards)
+
+    async def tokenize(self, body: TokenizeRequest) -> TokenizeResponse:
+        """A prompt's token ids as generation would see them (vLLM's /tokenize, for gateways that encode first)."""
+        ref = self._ref(body.model) if body.model else self._pipeline.engine.registry.default
+        if body.messages is not None:
+            messages: list[Message] = [{"role": m.role, "content": m.content} for m in body.messages]
+            encoded = await self._pipeline.encode_chat(ref, messages)
+        else:
+            assert body.prompt is not None
+            encoded = await self._pipeline.encode_raw(ref, body.prompt)
+        return TokenizeResponse(count=len(encoded.ids), max_model_len=encoded.context_length, tokens=encoded.ids)
 
     def model(self, name: str) -> ModelCard:
         for card in self.models().data:
