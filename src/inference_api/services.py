@@ -140,7 +140,13 @@ async def open_services(settings: Settings, metrics: Metrics, stack: AsyncExitSt
     stack.push_async_callback(sessions.close)
     engine = Engine.build(settings, registry, encoder, metrics)
     engine.budget = quotas
-    grounding = Grounding(documents, k=settings.rag_top_k, min_score=settings.rag_min_score)
+    grounding = Grounding(
+        documents,
+        k=settings.rag_top_k,
+        min_score=settings.rag_min_score,
+        max_sources=settings.rag_max_sources,
+        refuse_ungrounded=settings.rag_ungrounded == "refuse",
+    )
     response_cache = ResponseCache(int(settings.response_cache_mb * 1024 * 1024), metrics)
     engine.on_model_change.append(response_cache.forget_model)
     documents.on_change.append(response_cache.forget_owner)

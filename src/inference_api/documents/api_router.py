@@ -100,7 +100,7 @@ async def delete_document(document_id: str, caller: DocumentsCallerDep, document
 
 @router.post("/documents/search", response_model=SearchResults)
 async def search_documents(body: SearchRequest, caller: DocumentsCallerDep, documents: DocumentsDep) -> SearchResults:
-    """The chunks of your documents nearest in meaning to `query`, best first."""
+    """The chunks of your documents that best match `query` (meaning and words: hybrid retrieval), best first."""
     hits = await (await documents.get()).search(caller.name, body.query, body.k)
     return SearchResults(
         results=[
@@ -109,10 +109,13 @@ async def search_documents(body: SearchRequest, caller: DocumentsCallerDep, docu
                 filename=h.filename,
                 chunk_index=h.chunk_index,
                 score=round(h.score, 4),
+                lexical_score=h.lexical_score,
+                fused_score=h.fused_score,
                 text=h.text,
                 char_start=h.char_start,
                 char_end=h.char_end,
                 page=h.page,
+                place=h.place,
             )
             for h in hits
         ]

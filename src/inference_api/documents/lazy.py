@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from inference_api.documents.evidence import Evidence
 from inference_api.documents.sandbox import ParseLimits
 from inference_api.documents.service import DocumentService
 from inference_api.documents.types import SearchHit
@@ -44,6 +45,9 @@ class LazyDocuments:
 
     async def search(self, owner: str, query: str, k: int = 5) -> list[SearchHit]:
         return await (await self.get()).search(owner, query, k)
+
+    async def evidence(self, owner: str, question: str, hits: Sequence[SearchHit]) -> list[Evidence | None]:
+        return await (await self.get()).evidence(owner, question, hits)
 
     def close(self) -> None:
         if self._service is not None:

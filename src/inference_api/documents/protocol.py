@@ -49,10 +49,13 @@ class SearchResult(BaseModel):
     filename: str
     chunk_index: int
     score: float = Field(description="Cosine similarity to the query (1 is identical).")
+    lexical_score: float = Field(default=0.0, description="BM25 score of the chunk for the query (0: no term).")
+    fused_score: float = Field(default=0.0, description="Reciprocal-rank fusion of both rankings (the order).")
     text: str
     char_start: int
     char_end: int
     page: int | None = None
+    place: str | None = None
 
 
 class SearchResults(BaseModel):
@@ -67,3 +70,13 @@ class Source(BaseModel):
     chunk_index: int
     score: float = Field(description="Cosine similarity of the chunk to the question (1 is identical).")
     excerpt: str
+    page: int | None = Field(default=None, description="The PDF page the chunk starts on.")
+    place: str | None = Field(
+        default=None,
+        description='Where in the document: "page 2", "section Guide > Baking" (docx, html, md, epub), '
+        '"rows 3-5" (csv, xlsx), "slide 4", "field network" (json), "subject" or "body" (eml).',
+    )
+    evidence: str | None = Field(default=None, description="The chunk's sentence that best supports the answer.")
+    support: float | None = Field(
+        default=None, description="The evidence's score: half its cosine to the question, half lexical coverage."
+    )

@@ -10,14 +10,15 @@ Blocking work (parsing, tokenizing, embedding, Chroma calls) runs in threads, of
 from __future__ import annotations
 
 import asyncio
+import bisect
 import builtins
 import contextlib
 import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,8 @@ import torch
 
 from inference_api.documents.chunking import Chunk, TokenChunker
 from inference_api.documents.embedding import Embedder
+from inference_api.documents.evidence import Evidence, coverage, question_terms, sentences
+from inference_api.documents.lexical import LexicalIndex, reciprocal_rank_fusion, tokenize
 from inference_api.documents.parsing import DocumentParser, ParsedDocument, detect_file_type, sanitize_filename
 from inference_api.documents.repair import check_integrity, remove_duplicates
 from inference_api.documents.sandbox import ParseLimits, ParseSandbox
@@ -36,6 +39,7 @@ from inference_api.documents.types import (
     IngestResult,
     IntegrityReport,
     SearchHit,
+    chunk_id,
 )
 from inference_api.documents.upload import payload_too_large
 from inference_api.errors import ErrorCode, ServiceError
@@ -48,6 +52,8 @@ DEFAULT_CHUNK_TOKENS = 200
 DEFAULT_OVERLAP_TOKENS = 40
 MAX_SEARCH_K = 100
 MAX_QUERY_CHARS = 4096
+# Each side of hybrid retrieval ranks this many candidates (at least k) before the rankings are fused.
+CANDIDATES = 20
 # Orphan chunks younger than this may belong to an upload still writing; maintenance leaves them be.
 DEFAULT_ORPHAN_GRACE_SECONDS = 600.0
 _DOCUMENT_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -58,6 +64,7 @@ class _Prepared:
     parsed: ParsedDocument
     chunks: list[Chunk]
     pages: list[int | None]
+    places: list[str | None]
 
 
 class DocumentService:
@@ -94,6 +101,8 @@ class DocumentService:
         self._locks = KeyedLocks()
         # Called with the owner's name when a document of theirs is stored or deleted.
         self.on_change: list[Callable[[str], object]] = []
+        # BM25 beside the vectors, per owner; filled from the store on an owner's first search.
+        self.lexical = LexicalIndex()
 
     @classmethod
     def build(
@@ -161,7 +170,12 @@ class DocumentService:
                 pages=prepared.parsed.pages,
             )
             try:
-                await asyncio.to_thread(self.store.save_document, info, prepared.chunks, prepared.pages, embeddings)
+                await asyncio.to_thread(
+                    self.store.save_document, info, prepared.chunks, prepared.pages, embeddings, prepared.places
+                )
+                if self.lexical.documents(owner) is not None:
+                    chunk_texts = [(chunk_id(document_id, c.index), c.text) for c in prepared.chunks]
+                    await asyncio.to_thread(self.lexical.add, owner, document_id, chunk_texts)
             except Exception:
                 # Chunks written before the failure would be orphans until maintenance: take them back now.
                 with contextlib.suppress(Exception):
@@ -198,6 +212,7 @@ class DocumentService:
         async with self._locks.hold(document_id):
             info = await asyncio.to_thread(self._owned, owner, document_id)
             try:
+                self.lexical.remove(owner, document_id)
                 await asyncio.to_thread(self.store.delete_document, info)
             finally:
                 self._changed(owner)
@@ -205,7 +220,8 @@ class DocumentService:
         return DeleteResult(document_id, info.chunks)
 
     async def search(self, owner: str, query: str, k: int = 5) -> builtins.list[SearchHit]:
-        """The owner's `k` chunks most similar to `query`, best first."""
+        """The owner's `k` chunks that best match `query`, best first: the dense (cosine) and lexical (BM25)
+        rankings of the owner's complete documents, fused by reciprocal rank."""
         _check_owner(owner)
         if not query.strip():
             raise ServiceError(ErrorCode.VALIDATION_ERROR, "query: must not be empty")
@@ -213,8 +229,76 @@ class DocumentService:
             raise ServiceError(ErrorCode.VALIDATION_ERROR, f"query: must be at most {MAX_QUERY_CHARS} characters")
         if not 1 <= k <= MAX_SEARCH_K:
             raise ServiceError(ErrorCode.VALIDATION_ERROR, f"k: must be between 1 and {MAX_SEARCH_K}")
-        embedding = await self.embedder.embed_async([query])
-        return await asyncio.to_thread(self.store.query, owner, embedding[0], k)
+        embedding = (await self.embedder.embed_async([query]))[0]
+        return await asyncio.to_thread(self._hybrid, owner, query, embedding, k)
+
+    def _hybrid(
+        self, owner: str, query: str, embedding: np.typing.NDArray[np.float32], k: int
+    ) -> builtins.list[SearchHit]:
+        complete = self.store.owner_document_ids(owner)
+        if not complete:
+            return []
+        self._sync_lexical(owner, complete)
+        candidates = max(k, CANDIDATES)
+        dense = self.store.query(owner, embedding, candidates, complete)
+        lexical = dict(self.lexical.search(owner, query, candidates, only=set(complete)))
+        fused = reciprocal_rank_fusion([[h.chunk_id for h in dense], list(lexical)])
+        best = sorted(fused, key=lambda id_: (-fused[id_], id_))[:k]
+        by_id = {h.chunk_id: h for h in dense}
+        missing = [id_ for id_ in best if id_ not in by_id]
+        by_id.update({h.chunk_id: h for h in self.store.chunks_by_id(missing, embedding)})
+        return [
+            replace(by_id[id_], lexical_score=round(lexical.get(id_, 0.0), 4), fused_score=round(fused[id_], 6))
+            for id_ in best
+            if id_ in by_id
+        ]
+
+    async def evidence(self, owner: str, question: str, hits: Sequence[SearchHit]) -> builtins.list[Evidence | None]:
+        """Each hit's best sentence for `question` and its scores (documents/evidence.py); None for a hit
+        with no sentence."""
+        terms = question_terms(question)
+        idf = self.lexical.idf(owner, terms)
+        per_hit = [sentences(hit.text) for hit in hits]
+        flat = [s for group in per_hit for s in group]
+        if not flat:
+            return [None] * len(hits)
+        vectors = await self.embedder.embed_async([question, *flat])
+        similarities = vectors[1:] @ vectors[0]
+        found: builtins.list[Evidence | None] = []
+        i = 0
+        for hit, group in zip(hits, per_hit, strict=True):
+            context = set(tokenize(f"{hit.text} {hit.filename} {hit.place or ''}"))
+            scored = []
+            for position, sentence in enumerate(group):
+                candidate = Evidence(sentence, float(similarities[i]), coverage(terms, idf, sentence, context))
+                scored.append((candidate.support, position, candidate))
+                i += 1
+            if not scored:
+                found.append(None)
+                continue
+            scored.sort(key=lambda item: (-item[0], item[1]))
+            top_two = sorted(scored[:2], key=lambda item: item[1])
+            found.append(replace(scored[0][2], passage=" ".join(item[2].sentence for item in top_two)))
+        return found
+
+    def _sync_lexical(self, owner: str, complete: builtins.list[str]) -> None:
+        """Bring the owner's lexical index in step with the store: filled on first use, then only the
+        documents another replica (or a crash) added or removed are read; in one process uploads and deletes
+        keep it in step themselves."""
+        indexed = self.lexical.documents(owner)
+        if indexed is None:
+            self.lexical.ensure_owner(owner)
+            indexed = set()
+        wanted = set(complete)
+        for gone in indexed - wanted:
+            self.lexical.remove(owner, gone)
+        new = sorted(wanted - indexed)
+        if new:
+            grouped: dict[str, builtins.list[tuple[str, str]]] = {}
+            for id_, document_id, text in self.store.document_texts(new):
+                grouped.setdefault(document_id, []).append((id_, text))
+            for document_id in new:
+                self.lexical.add(owner, document_id, grouped.get(document_id, []))
 
     async def chunk_count(self) -> int:
         """Chunks in the store, every owner's (the `vector_store_chunks` gauge)."""
@@ -246,7 +330,7 @@ class DocumentService:
         if parsed.page_starts:
             starts = np.asarray(parsed.page_starts)
             pages = [int(np.searchsorted(starts, c.char_start, side="right")) for c in chunks]
-        return _Prepared(parsed, chunks, pages)
+        return _Prepared(parsed, chunks, pages, [place_of(parsed.places, c.char_start, c.char_end) for c in chunks])
 
     def _owned(self, owner: str, document_id: str) -> DocumentInfo:
         info = self.store.get_document(document_id) if _DOCUMENT_ID.match(document_id) else None
@@ -254,6 +338,33 @@ class DocumentService:
             shown = document_id if len(document_id) <= 64 else document_id[:61] + "..."
             raise ServiceError(ErrorCode.DOCUMENT_NOT_FOUND, f"document {shown!r} not found")
         return info
+
+
+def place_of(places: tuple[tuple[int, str], ...], start: int, end: int) -> str | None:
+    """What a citation calls the span [start, end): the place it starts in, and where it ends when that is
+    another page or row of the same kind ("pages 2-3", "rows 4-9"); a heading path is the first one."""
+    if not places:
+        return None
+    starts = [offset for offset, _ in places]
+    first = max(0, bisect.bisect_right(starts, start) - 1)
+    last = max(first, bisect.bisect_left(starts, end) - 1)
+    label, end_label = places[first][1], places[last][1]
+    head, _, number = label.rpartition(" ")
+    end_head, _, end_number = end_label.rpartition(" ")
+    if (
+        last > first
+        and head == end_head
+        and number.isdigit()
+        and end_number.isdigit()
+        and head.split()[-1]
+        in (
+            "page",
+            "row",
+            "slide",
+        )
+    ):
+        return f"{head}s {number}-{end_number}"
+    return label
 
 
 def document_id_for(owner: str, content_hash: str) -> str:

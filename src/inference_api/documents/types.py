@@ -42,7 +42,8 @@ class IngestResult:
 
 @dataclass(frozen=True)
 class SearchHit:
-    """A chunk that matched a query; `score` is cosine similarity (1 is identical)."""
+    """A chunk that matched a query; `score` is cosine similarity (1 is identical), `lexical_score` its BM25
+    score (0: no query term in it), `fused_score` its reciprocal-rank fusion of both rankings (the order)."""
 
     document_id: str
     chunk_id: str
@@ -53,6 +54,9 @@ class SearchHit:
     char_start: int
     char_end: int
     page: int | None = None
+    place: str | None = None  # where in the document: "page 2", "section Guide > Baking", "rows 3-5"
+    lexical_score: float = 0.0
+    fused_score: float = 0.0
 
 
 @dataclass(frozen=True)
