@@ -167,6 +167,13 @@ def summarize(outcomes: Sequence[Outcome]) -> dict[str, float | int]:
         "refusal precision": _rate(sum(not o.answerable for o in refusals), len(refusals)),
         "wrong citations": sum(o.first_source != o.expected for o in cited),
         "grounded: false": len(flagged),
+        # What RAG_UNGROUNDED=refuse makes of a run with `flag`: an ungrounded answer becomes the refusal.
+        "answer rate, ungrounded refused": _rate(
+            sum(o.answered and o.grounded is not False for o in answerable), len(answerable)
+        ),
+        "refusal on unanswerable, ungrounded refused": _rate(
+            sum(o.refused or o.grounded is False for o in unanswerable), len(unanswerable)
+        ),
     }
 
 

@@ -146,6 +146,7 @@ async def open_services(settings: Settings, metrics: Metrics, stack: AsyncExitSt
         min_score=settings.rag_min_score,
         max_sources=settings.rag_max_sources,
         refuse_ungrounded=settings.rag_ungrounded == "refuse",
+        layout=settings.rag_prompt,
     )
     response_cache = ResponseCache(int(settings.response_cache_mb * 1024 * 1024), metrics)
     engine.on_model_change.append(response_cache.forget_model)

@@ -109,10 +109,15 @@ class Settings(BaseSettings):
     # the question, half the idf-weighted share of the question's terms it holds) reaches RAG_MIN_SCORE; at
     # most RAG_MAX_SOURCES are kept. RAG_UNGROUNDED: what a whole (not streamed) answer that does not draw on
     # its sources becomes: `refuse` says the documents do not say, `flag` keeps it; both report grounded: false.
+    # Uploads of at least this size are stored in the background (202, then GET /documents/{id} for progress).
+    ingest_background_mb: float = Field(default=1.0, ge=0)
     rag_top_k: int = Field(default=6, ge=1, le=20)
     rag_min_score: float = Field(default=0.3, ge=-1.0, le=1.0)
     rag_max_sources: int = Field(default=3, ge=1, le=20)
     rag_ungrounded: Literal["refuse", "flag"] = "refuse"
+    # The instruction after the question: `answer`, or `answer-or-refuse` (also asks to say when the sources
+    # do not answer; small models then refuse answerable questions too).
+    rag_prompt: Literal["answer", "answer-or-refuse"] = "answer"
     summary_max_tokens: int = Field(default=96, ge=16)
     response_cache_mb: float = Field(default=0.0, ge=0.0)
     maintenance_interval: float = Field(default=300.0, gt=0)

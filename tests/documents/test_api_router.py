@@ -21,7 +21,7 @@ from inference_api.settings import Settings
 from tests.conftest import ADMIN_KEY, USER_KEY, auth, make_settings, wait_ready
 from tests.documents.samples import EXE, FACT, sample
 
-TYPES = ["pdf", "txt", "docx", "html", "htm", "md", "csv", "eml"]
+TYPES = ["pdf", "txt", "docx", "html", "htm", "md", "csv", "eml", "pptx", "xlsx", "json", "epub"]
 QUESTION = "What is the access code of the Zanzibar vault?"
 
 
@@ -111,6 +111,44 @@ async def test_nothing_relevant_says_so_instead_of_answering(
     assert not [r for r in prompts_seen if r.params.max_new_tokens != 2]  # only the warm-up ran
     events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")]
     assert events[-1]["sources"] == [] and events[-1]["result"] == answer["result"]
+
+
+async def test_a_large_upload_is_stored_in_the_background_with_progress(tmp_path: Path, registry_file: Path) -> None:
+    # The line set low, so that the test's small files go the background way.
+    settings = make_settings(tmp_path / "data", registry_file, ingest_background_mb=0.0001)
+    async with app_client(settings) as (http, _):
+        name, data = sample("pdf")
+        uploaded = await upload(http, name, data)
+        assert uploaded.status_code == 202, uploaded.text
+        assert uploaded.json()["status"] == "processing" and uploaded.json()["chunks"] == 0
+        document_id = uploaded.json()["document_id"]
+        states = []
+        for _ in range(1200):
+            shown = await http.get(f"/documents/{document_id}", headers=auth())
+            assert shown.status_code == 200, shown.text
+            states.append((shown.json()["status"], shown.json()["progress"]))
+            if states[-1][0] != "processing":
+                break
+            await asyncio.sleep(0.05)
+        assert states[0][0] == "processing" and states[-1] == ("ready", 1.0)
+        assert [p for _, p in states] == sorted(p for _, p in states)  # progress only goes forward
+        assert shown.json()["chunks"] >= 1
+        assert (await http.get(f"/documents/{document_id}", headers=auth(ADMIN_KEY))).status_code == 404
+        found = await http.post("/documents/search", json={"query": "Zanzibar vault"}, headers=auth())
+        assert found.json()["results"][0]["document_id"] == document_id
+
+        # A file that passes the checks by content but cannot be parsed fails, with the reason.
+        broken = await upload(http, "broken.pdf", b"%PDF-1.4\n" + b"not really a pdf " * 20)
+        assert broken.status_code == 202
+        broken_id = broken.json()["document_id"]
+        for _ in range(1200):
+            state = (await http.get(f"/documents/{broken_id}", headers=auth())).json()
+            if state["status"] != "processing":
+                break
+            await asyncio.sleep(0.05)
+        assert state["status"] == "failed" and "could not be read as PDF" in state["error"]
+        listed = (await http.get("/documents", headers=auth())).json()["documents"]
+        assert {(d["document_id"], d["status"]) for d in listed} == {(document_id, "ready"), (broken_id, "failed")}
 
 
 async def test_list_get_search_delete_and_ownership(tmp_path: Path, registry_file: Path) -> None:

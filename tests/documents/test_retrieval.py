@@ -105,7 +105,9 @@ async def test_the_gate_keeps_a_chunk_the_old_cosine_threshold_dropped(service: 
     source = grounds.sources()[0]
     assert source.evidence == CODE_FACT and source.filename == "notes.txt"
     assert CODE_FACT in grounds.prompt(question)
-    assert grounds.prompt(question).rstrip().endswith('reply "The documents do not say."')
+    prompt = grounds.prompt(question)
+    assert prompt.index(CODE_FACT) < prompt.index(question)  # the source right before the question
+    assert prompt.rstrip().endswith("using only the sources above.")
 
 
 async def test_the_gate_refuses_when_no_sentence_supports_the_question(service: DocumentService) -> None:

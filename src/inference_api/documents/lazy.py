@@ -38,6 +38,7 @@ class LazyDocuments:
                     device=settings.device,
                     chroma_url=settings.chroma_url,
                     max_upload_bytes=settings.max_upload_bytes,
+                    background_bytes=int(settings.ingest_background_mb * 1024 * 1024),
                     parse_limits=ParseLimits(settings.parse_timeout, settings.parse_memory_mb * 1024 * 1024),
                 )
                 self._service.on_change = self.on_change

@@ -14,6 +14,12 @@ class UploadResult(BaseModel):
     duplicate: bool = Field(description="The same content was already stored for this key: nothing was added.")
     size_bytes: int
     pages: int | None = None
+    status: str = Field(
+        default="ready",
+        description="`ready`, or `processing` for an upload over the background line (INGEST_BACKGROUND_MB; "
+        "the response is then 202): follow it with GET /documents/{document_id}.",
+    )
+    progress: float = Field(default=1.0, description="Share of the work done, 0 to 1.")
 
 
 class DocumentView(BaseModel):
@@ -26,6 +32,9 @@ class DocumentView(BaseModel):
     characters: int
     content_hash: str
     pages: int | None = None
+    status: str = Field(default="ready", description="`processing`, `ready`, or `failed` (see `error`).")
+    progress: float = Field(default=1.0, description="Share of the work done, 0 to 1 (parse, embed, store).")
+    error: str | None = Field(default=None, description="Why a `failed` upload was not stored.")
 
 
 class DocumentList(BaseModel):

@@ -52,6 +52,11 @@ DEFAULT_CHUNK_TOKENS = 200
 DEFAULT_OVERLAP_TOKENS = 40
 MAX_SEARCH_K = 100
 MAX_QUERY_CHARS = 4096
+# Uploads of at least this size are stored in the background (INGEST_BACKGROUND_MB).
+DEFAULT_BACKGROUND_BYTES = 1024 * 1024
+MAX_FAILED_KEPT = 1000
+# Chunks embedded per step of an upload (progress moves between steps).
+EMBED_SLICE = 64
 # Each side of hybrid retrieval ranks this many candidates (at least k) before the rankings are fused.
 CANDIDATES = 20
 # Orphan chunks younger than this may belong to an upload still writing; maintenance leaves them be.
@@ -79,6 +84,7 @@ class DocumentService:
         orphan_grace_seconds: float = DEFAULT_ORPHAN_GRACE_SECONDS,
         clock: Callable[[], float] = time.time,
         parse_limits: ParseLimits | None = None,
+        background_bytes: int = DEFAULT_BACKGROUND_BYTES,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -103,6 +109,11 @@ class DocumentService:
         self.on_change: list[Callable[[str], object]] = []
         # BM25 beside the vectors, per owner; filled from the store on an owner's first search.
         self.lexical = LexicalIndex()
+        # Uploads of at least this many bytes are stored in the background; their state is kept here (in this
+        # process: another replica sees the document once it is stored).
+        self.background_bytes = background_bytes
+        self._ingestions: dict[str, DocumentInfo] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def build(
@@ -117,6 +128,7 @@ class DocumentService:
         overlap_tokens: int = DEFAULT_OVERLAP_TOKENS,
         embedder: Embedder | None = None,
         parse_limits: ParseLimits | None = None,
+        background_bytes: int = DEFAULT_BACKGROUND_BYTES,
     ) -> DocumentService:
         """Open the store and load the embedding model (blocking, seconds: call it in a thread at start-up)."""
         store = ChromaStore.open(data_dir=data_dir, url=chroma_url, name=collection)
@@ -124,7 +136,12 @@ class DocumentService:
             embedder = embedder or Embedder.load(device)
             chunker = TokenChunker(embedder.tokenizer, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens)
             service = cls(
-                store, embedder, chunker=chunker, max_upload_bytes=max_upload_bytes, parse_limits=parse_limits
+                store,
+                embedder,
+                chunker=chunker,
+                max_upload_bytes=max_upload_bytes,
+                parse_limits=parse_limits,
+                background_bytes=background_bytes,
             )
             service.sandbox.warm_up()
             return service
@@ -133,10 +150,16 @@ class DocumentService:
             raise
 
     def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         self.store.close()
 
     async def ingest(self, owner: str, filename: str, data: bytes) -> IngestResult:
-        """Store an upload's chunks and embeddings; the same bytes again from the same owner are not stored twice."""
+        """Store an upload's chunks and embeddings; the same bytes again from the same owner are not stored twice.
+
+        An upload of at least `background_bytes` returns at once in state `processing` and is stored by a task of
+        its own; `get` shows its progress, then `ready`, or `failed` with the reason.
+        """
         _check_owner(owner)
         if len(data) > self.max_upload_bytes:
             raise payload_too_large(self.max_upload_bytes)
@@ -148,63 +171,138 @@ class DocumentService:
         )
         content_hash = hashlib.sha256(data).hexdigest()
         document_id = document_id_for(owner, content_hash)
+        pending = DocumentInfo(
+            document_id=document_id,
+            owner=owner,
+            filename=display,
+            file_type=file_type.value,
+            uploaded_at=self._clock(),
+            chunks=0,
+            size_bytes=len(data),
+            characters=0,
+            content_hash=content_hash,
+            status="processing",
+            progress=0.0,
+        )
         async with self._locks.hold(document_id):
             existing = await asyncio.to_thread(self.store.get_document, document_id)
             if existing is not None and existing.owner == owner:
                 logger.info("upload of document %s is a duplicate", document_id)
                 return _result(existing, duplicate=True)
-            started = time.perf_counter()
-            parsed = await self.sandbox.parse(display, data)
-            prepared = await asyncio.to_thread(self._prepare, display, parsed)
-            embeddings = await self.embedder.embed_async([c.text for c in prepared.chunks])
-            info = DocumentInfo(
-                document_id=document_id,
-                owner=owner,
-                filename=display,
-                file_type=file_type.value,
-                uploaded_at=self._clock(),
-                chunks=len(prepared.chunks),
-                size_bytes=len(data),
-                characters=len(prepared.parsed.text),
-                content_hash=content_hash,
-                pages=prepared.parsed.pages,
+            running = self._ingestions.get(document_id)
+            if running is not None and running.status == "processing":
+                return _result(running, duplicate=True)
+            if len(data) < self.background_bytes:
+                return _result(await self._store_upload(pending, data), duplicate=False)
+            self._prune_ingestions()
+            self._ingestions[document_id] = pending
+            task = asyncio.create_task(self._store_in_background(pending, data))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return _result(pending, duplicate=False)
+
+    async def _store_in_background(self, pending: DocumentInfo, data: bytes) -> None:
+        document_id = pending.document_id
+        try:
+            async with self._locks.hold(document_id):
+                await self._store_upload(pending, data)
+            self._ingestions.pop(document_id, None)
+        except ServiceError as exc:
+            self._fail(document_id, exc.message)
+        except asyncio.CancelledError:
+            self._fail(document_id, "the server stopped before the document was stored; upload it again")
+            raise
+        except Exception:
+            logger.exception("storing document %s in the background failed", document_id)
+            self._fail(document_id, "an internal error stopped storing the document; upload it again")
+
+    def _fail(self, document_id: str, reason: str) -> None:
+        current = self._ingestions.get(document_id)
+        if current is not None:
+            self._ingestions[document_id] = replace(current, status="failed", error=reason)
+
+    def _progress(self, document_id: str, progress: float) -> None:
+        current = self._ingestions.get(document_id)
+        if current is not None and current.status == "processing":
+            self._ingestions[document_id] = replace(current, progress=round(progress, 3))
+
+    def _prune_ingestions(self) -> None:
+        """Failed uploads are remembered (for GET /documents/{id}) up to a bound; the oldest go first."""
+        failed = [i for i, info in self._ingestions.items() if info.status == "failed"]
+        for document_id in failed[: max(0, len(failed) - MAX_FAILED_KEPT + 1)]:
+            del self._ingestions[document_id]
+
+    async def _store_upload(self, pending: DocumentInfo, data: bytes) -> DocumentInfo:
+        """Parse, chunk, embed (in batches, reporting progress) and store an upload; the caller holds its lock."""
+        document_id, owner = pending.document_id, pending.owner
+        started = time.perf_counter()
+        parsed = await self.sandbox.parse(pending.filename, data)
+        self._progress(document_id, 0.1)
+        prepared = await asyncio.to_thread(self._prepare, pending.filename, parsed)
+        texts = [c.text for c in prepared.chunks]
+        batches = []
+        # Embedded a slice at a time: progress moves, and a search waits for one slice, not the whole upload.
+        for start in range(0, len(texts), EMBED_SLICE):
+            batches.append(await self.embedder.embed_async(texts[start : start + EMBED_SLICE]))
+            self._progress(document_id, 0.15 + 0.8 * min(1.0, (start + EMBED_SLICE) / len(texts)))
+        embeddings = np.concatenate(batches)
+        info = replace(
+            pending,
+            chunks=len(prepared.chunks),
+            characters=len(prepared.parsed.text),
+            pages=prepared.parsed.pages,
+            status="ready",
+            progress=1.0,
+        )
+        try:
+            await asyncio.to_thread(
+                self.store.save_document, info, prepared.chunks, prepared.pages, embeddings, prepared.places
             )
-            try:
-                await asyncio.to_thread(
-                    self.store.save_document, info, prepared.chunks, prepared.pages, embeddings, prepared.places
-                )
-                if self.lexical.documents(owner) is not None:
-                    chunk_texts = [(chunk_id(document_id, c.index), c.text) for c in prepared.chunks]
-                    await asyncio.to_thread(self.lexical.add, owner, document_id, chunk_texts)
-            except Exception:
-                # Chunks written before the failure would be orphans until maintenance: take them back now.
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.store.delete_document, info)
-                raise
-            finally:
-                self._changed(owner)
+            if self.lexical.documents(owner) is not None:
+                chunk_texts = [(chunk_id(document_id, c.index), c.text) for c in prepared.chunks]
+                await asyncio.to_thread(self.lexical.add, owner, document_id, chunk_texts)
+        except Exception:
+            # Chunks written before the failure would be orphans until maintenance: take them back now.
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.store.delete_document, info)
+            raise
+        finally:
+            self._changed(owner)
+        seconds = time.perf_counter() - started
         logger.info(
             "stored document %s (%s, %d bytes, %d chunks) in %.2fs",
             document_id,
-            file_type,
+            info.file_type,
             len(data),
             info.chunks,
-            time.perf_counter() - started,
+            seconds,
         )
-        return _result(info, duplicate=False)
+        return info
 
     def _changed(self, owner: str) -> None:
         for listener in self.on_change:
             listener(owner)
 
     async def list(self, owner: str) -> builtins.list[DocumentInfo]:
-        """The owner's documents, oldest first."""
+        """The owner's documents, oldest first, then the uploads of theirs still processing or failed here."""
         _check_owner(owner)
-        return await asyncio.to_thread(self.store.list_documents, owner)
+        stored = await asyncio.to_thread(self.store.list_documents, owner)
+        ids = {info.document_id for info in stored}
+        return stored + [i for i in self._ingestions.values() if i.owner == owner and i.document_id not in ids]
 
     async def get(self, owner: str, document_id: str) -> DocumentInfo:
+        """One of the owner's documents, or an upload of theirs being stored in the background (or failed)."""
         _check_owner(owner)
-        return await asyncio.to_thread(self._owned, owner, document_id)
+        ingestion = self._ingestions.get(document_id)
+        if ingestion is not None and ingestion.owner == owner and ingestion.status == "failed":
+            return ingestion
+        try:
+            return await asyncio.to_thread(self._owned, owner, document_id)
+        except ServiceError:
+            ingestion = self._ingestions.get(document_id)
+            if ingestion is not None and ingestion.owner == owner:
+                return ingestion
+            raise
 
     async def delete(self, owner: str, document_id: str) -> DeleteResult:
         """Remove a document and every chunk of it."""
@@ -380,6 +478,8 @@ def _check_owner(owner: str) -> None:
 
 def _result(info: DocumentInfo, *, duplicate: bool) -> IngestResult:
     return IngestResult(
+        status=info.status,
+        progress=info.progress,
         document_id=info.document_id,
         filename=info.filename,
         file_type=info.file_type,

@@ -19,6 +19,11 @@ class DocumentInfo:
     characters: int
     content_hash: str
     pages: int | None = None
+    # Uploads over the background line are stored after the upload returns: `processing` (with `progress`,
+    # 0 to 1) until `ready`, or `failed` with the reason in `error`. Stored documents are all `ready`.
+    status: str = "ready"
+    progress: float = 1.0
+    error: str | None = None
 
     @property
     def chunk_ids(self) -> list[str]:
@@ -38,6 +43,8 @@ class IngestResult:
     size_bytes: int
     content_hash: str
     pages: int | None = None
+    status: str = "ready"  # `processing`: stored in the background, follow it with GET /documents/{id}
+    progress: float = 1.0
 
 
 @dataclass(frozen=True)
