@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from contextlib import AsyncExitStack
@@ -207,12 +206,14 @@ def schedule_jobs(
         nonlocal swept
         if swept:
             return None
-        result = await asyncio.to_thread(
-            sweep_at_start,
-            data_dir=settings.data_dir / "chroma",
-            chroma_url=settings.chroma_url,
-            process_started=started,
-            grace_seconds=DEFAULT_ORPHAN_GRACE_SECONDS,
+        result = await documents.run_on_store(
+            lambda store: sweep_at_start(
+                data_dir=settings.data_dir / "chroma",
+                chroma_url=settings.chroma_url,
+                process_started=started,
+                grace_seconds=DEFAULT_ORPHAN_GRACE_SECONDS,
+                store=store,
+            )
         )
         swept = True
         return result

@@ -115,9 +115,11 @@ class Settings(BaseSettings):
     rag_min_score: float = Field(default=0.3, ge=-1.0, le=1.0)
     rag_max_sources: int = Field(default=3, ge=1, le=20)
     rag_ungrounded: Literal["refuse", "flag"] = "refuse"
-    # The instruction after the question: `answer`, or `answer-or-refuse` (also asks to say when the sources
-    # do not answer; small models then refuse answerable questions too).
-    rag_prompt: Literal["answer", "answer-or-refuse"] = "answer"
+    # How the sources and the question are laid out (documents/grounding.py; measured in bench/RESULTS.md):
+    # `text` (the evidence sentences as one text, the best last, then the instruction and the question),
+    # `text-question-first`, `answer` (numbered sources, the question, then the instruction), `answer-or-refuse`
+    # (also asks to say when the sources do not answer: the 135M model then refused most answerable questions).
+    rag_prompt: Literal["answer", "answer-or-refuse", "text", "text-question-first"] = "text"
     summary_max_tokens: int = Field(default=96, ge=16)
     response_cache_mb: float = Field(default=0.0, ge=0.0)
     maintenance_interval: float = Field(default=300.0, gt=0)

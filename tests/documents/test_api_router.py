@@ -78,8 +78,11 @@ async def test_each_type_answers_with_its_source(
         sources = answer.json()["sources"]
         assert sources[0]["document_id"] == document_id and sources[0]["filename"] == name
         assert "4471" in sources[0]["excerpt"]
-        assert "4471" in decoded_prompt(app, prompts_seen[-1])  # the chunk was in what the model saw
-        assert "[1]" in decoded_prompt(app, prompts_seen[-1])
+        assert "4471" in sources[0]["evidence"] and sources[0]["place"]  # the sentence, and where it is
+        assert isinstance(answer.json()["grounded"], bool)
+        prompt = decoded_prompt(app, prompts_seen[-1])
+        assert "4471" in prompt  # the evidence was in what the model saw, right before the question
+        assert prompt.index("4471") < prompt.index(QUESTION)
 
 
 async def test_chat_turn_with_documents_returns_sources(

@@ -51,7 +51,10 @@ def test_reciprocal_rank_fusion_rewards_agreement() -> None:
 
 
 def test_sentences_skip_headings_and_keep_titles_together() -> None:
-    text = "Fares\n\nPlot 17 was given to Mr. Okafor, who grows pumpkins. Taps open in April.\ndevice.firmware: 3.8.1"
+    text = (
+        "Fares\n\nHarbor Ferry timetable (archived 2019 edition)\n\n"
+        "Plot 17 was given to Mr. Okafor, who grows pumpkins. Taps open in April.\ndevice.firmware: 3.8.1"
+    )
     assert sentences(text) == [
         "Plot 17 was given to Mr. Okafor, who grows pumpkins.",
         "Taps open in April.",
@@ -107,7 +110,7 @@ async def test_the_gate_keeps_a_chunk_the_old_cosine_threshold_dropped(service: 
     assert CODE_FACT in grounds.prompt(question)
     prompt = grounds.prompt(question)
     assert prompt.index(CODE_FACT) < prompt.index(question)  # the source right before the question
-    assert prompt.rstrip().endswith("using only the sources above.")
+    assert prompt.rstrip().endswith(f"Question: {question}")
 
 
 async def test_the_gate_refuses_when_no_sentence_supports_the_question(service: DocumentService) -> None:

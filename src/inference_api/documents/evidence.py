@@ -24,8 +24,10 @@ DENSE_WEIGHT = 0.5
 _SENTENCE_END = re.compile(
     r"(?<!\bMr\.)(?<!\bMrs\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|\n+"
 )
-# A heading ("Fares", "Orion Club Handbook") is context, not evidence: a candidate has a few words or a field.
-_MIN_WORDS = 4
+# A heading ("Fares", "Harbor Ferry timetable (archived 2019 edition)") is context, not evidence: a candidate
+# ends like a sentence, or is a field or row ("name: value"), or is long enough to be a sentence without a stop.
+_MIN_WORDS = 3
+_UNPUNCTUATED_WORDS = 8
 MAX_SENTENCES = 40
 MAX_SENTENCE_CHARS = 400
 
@@ -49,7 +51,9 @@ def sentences(text: str) -> list[str]:
     found = []
     for piece in _SENTENCE_END.split(text):
         piece = " ".join((piece or "").split())
-        if len(piece.split()) >= _MIN_WORDS or (": " in piece and len(piece) >= 5):
+        words = len(piece.split())
+        sentence = words >= _MIN_WORDS and piece[-1] in ".!?\"'”"
+        if sentence or words >= _UNPUNCTUATED_WORDS or (": " in piece and len(piece) >= 5):
             found.append(piece[:MAX_SENTENCE_CHARS])
     return found[:MAX_SENTENCES]
 

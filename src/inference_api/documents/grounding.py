@@ -22,14 +22,18 @@ from inference_api.documents.types import SearchHit
 
 NOTHING_FOUND = "I found nothing about that in your documents, so I cannot answer it from them."
 NOT_IN_SOURCES = "The documents do not say."
-# The instruction after the question, by layout (RAG_PROMPT). Measured with bench.rag on the default 135M model
-# (bench/RESULTS.md): asked to say when the sources do not answer, it said so for most questions they did answer.
+# The instruction, by layout (RAG_PROMPT). Measured with bench.rag on the default 135M model (bench/RESULTS.md):
+# numbered sources drew "The source: [1]" and echoes of the question; asked to say when the sources do not
+# answer, it said so for most questions they did answer; the plain text layout answered the most.
 INSTRUCTIONS = {
     "answer": "Answer the question in one short sentence using only the sources above.",
     "answer-or-refuse": "Answer the question in one short sentence using only the sources above. "
     f'If the sources do not answer it, reply "{NOT_IN_SOURCES}"',
+    # No numbered list: the sources' sentences as one text, then the question.
+    "text": "Answer the question with the fact from the text above.",
+    "text-question-first": "Answer the question with the fact from the text above.",
 }
-DEFAULT_PROMPT = "answer"
+DEFAULT_PROMPT = "text"
 _EXCERPT_CHARACTERS = 300
 DEFAULT_MAX_SOURCES = 3
 _NUMBERISH = str.maketrans("", "", ",")
@@ -53,8 +57,14 @@ class Grounds:
     def prompt(self, question: str) -> str:
         """The user turn: the numbered sources, then the question and the instruction."""
         # The best source shows its two best sentences (the answer is often in the one beside the best match).
-        blocks = [f"[{n}] {e.passage if n == 1 and e.passage else e.sentence}" for n, e in enumerate(self.evidence, 1)]
-        return "Sources:\n" + "\n".join(blocks) + f"\n\nQuestion: {question.strip()}\n{INSTRUCTIONS[self.layout]}"
+        shown = [e.passage if n == 1 and e.passage else e.sentence for n, e in enumerate(self.evidence, 1)]
+        instruction = INSTRUCTIONS[self.layout]
+        if self.layout == "text":
+            return "Text: " + " ".join(reversed(shown)) + f"\n\n{instruction}\nQuestion: {question.strip()}"
+        if self.layout == "text-question-first":
+            return "Text: " + " ".join(reversed(shown)) + f"\n\nQuestion: {question.strip()}\n{instruction}"
+        blocks = [f"[{n}] {text}" for n, text in enumerate(shown, 1)]
+        return "Sources:\n" + "\n".join(blocks) + f"\n\nQuestion: {question.strip()}\n{instruction}"
 
     def sources(self) -> list[Source]:
         return [

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from inference_api.documents.evidence import Evidence
 from inference_api.documents.sandbox import ParseLimits
 from inference_api.documents.service import DocumentService
+from inference_api.documents.store import ChromaStore
 from inference_api.documents.types import SearchHit
 from inference_api.settings import Settings
 from inference_api.torch_threads import in_passing_thread
+
+T = TypeVar("T")
 
 
 class LazyDocuments:
@@ -43,6 +47,15 @@ class LazyDocuments:
                 )
                 self._service.on_change = self.on_change
             return self._service
+
+    async def run_on_store(self, job: Callable[[ChromaStore | None], T]) -> T:
+        """Run `job` in a thread with the service's store (None when the service is not built yet), the service
+        not being built meanwhile: a store of another client opened and closed on the same local path while the
+        service opens its own tore down the service's (Chroma shares one system per path, and closing any
+        client of it closes it for all)."""
+        async with self._lock:
+            store = self._service.store if self._service is not None else None
+            return await asyncio.to_thread(job, store)
 
     async def search(self, owner: str, query: str, k: int = 5) -> list[SearchHit]:
         return await (await self.get()).search(owner, query, k)
