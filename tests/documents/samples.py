@@ -157,6 +157,12 @@ EXE = (
 )
 
 
+def many_paragraphs_html(paragraphs: int) -> bytes:
+    """A page of `paragraphs` one-word paragraphs: unstructured's HTML parse takes about 75 µs for each
+    (200,000: seconds), a slow parse for the sandbox's limits to stop."""
+    return ("<html><body>" + "<p>word</p>" * paragraphs + "</body></html>").encode()
+
+
 def wide_csv(columns: int) -> bytes:
     """One header line of `columns` columns: unstructured's CSV parse grows with the square of the columns."""
     return (",".join(f"c{i}" for i in range(columns)) + "\n").encode()
