@@ -15,6 +15,7 @@ from asgi_lifespan import LifespanManager
 
 from inference_api.app import create_app
 from inference_api.documents.embedding import Embedder
+from inference_api.documents.grounding import NOT_IN_SOURCES
 from inference_api.engine.service import Engine
 from inference_api.engine.types import GenerationRequest
 from inference_api.settings import Settings
@@ -85,6 +86,23 @@ async def test_each_type_answers_with_its_source(
         assert prompt.index("4471") < prompt.index(QUESTION)
 
 
+@pytest.mark.parametrize("policy", ["refuse", "flag"])
+async def test_an_answer_that_draws_on_no_source_is_refused_or_flagged(
+    tmp_path: Path, registry_file: Path, policy: str
+) -> None:
+    # The test model's weights are random: what it writes shares nothing with the sources.
+    settings = make_settings(tmp_path / "data", registry_file, rag_ungrounded=policy)
+    async with app_client(settings) as (http, _):
+        await upload(http, *sample("txt"))
+        body = {"prompt": QUESTION, "max_new_tokens": 8, "use_documents": True}
+        answer = (await http.post("/infer", json=body, headers=auth())).json()
+        streamed = await http.post("/infer", json={**body, "stream": True}, headers=auth())
+    assert answer["sources"] and answer["grounded"] is False
+    assert (answer["result"] == NOT_IN_SOURCES) is (policy == "refuse")
+    final = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")][-1]
+    assert final["grounded"] is False and final["result"] != NOT_IN_SOURCES  # a stream can only be flagged
+
+
 async def test_chat_turn_with_documents_returns_sources(
     tmp_path: Path, registry_file: Path, prompts_seen: list[GenerationRequest]
 ) -> None:
@@ -96,6 +114,7 @@ async def test_chat_turn_with_documents_returns_sources(
         reply = await http.post(f"/chat/{session_id}/messages", json=body, headers=auth())
         assert reply.status_code == 200, reply.text
         assert reply.json()["sources"][0]["document_id"] == document_id
+        assert isinstance(reply.json()["grounded"], bool)
         assert "4471" in decoded_prompt(app, prompts_seen[-1])
         stored = (await http.get(f"/chat/{session_id}", headers=auth())).json()["messages"][-1]
         assert stored["sources"][0]["document_id"] == document_id
