@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -173,7 +172,14 @@ async def open_services(settings: Settings, metrics: Metrics, stack: AsyncExitSt
         stack.push_async_callback(upstream.close)  # after the engine has drained (the stack closes in reverse)
         await upstream.start()
         engine.upstream = upstream
-    grounding = Grounding(documents, k=settings.rag_top_k, min_score=settings.rag_min_score)
+    grounding = Grounding(
+        documents,
+        k=settings.rag_top_k,
+        min_score=settings.rag_min_score,
+        max_sources=settings.rag_max_sources,
+        refuse_ungrounded=settings.rag_ungrounded == "refuse",
+        layout=settings.rag_prompt,
+    )
     response_cache = ResponseCache(int(settings.response_cache_mb * 1024 * 1024), metrics)
     engine.on_model_change.append(response_cache.forget_model)
     documents.on_change.append(response_cache.forget_owner)
@@ -233,12 +239,14 @@ def schedule_jobs(
         nonlocal swept
         if swept:
             return None
-        result = await asyncio.to_thread(
-            sweep_at_start,
-            data_dir=settings.data_dir / "chroma",
-            chroma_url=settings.chroma_url,
-            process_started=started,
-            grace_seconds=DEFAULT_ORPHAN_GRACE_SECONDS,
+        result = await documents.run_on_store(
+            lambda store: sweep_at_start(
+                data_dir=settings.data_dir / "chroma",
+                chroma_url=settings.chroma_url,
+                process_started=started,
+                grace_seconds=DEFAULT_ORPHAN_GRACE_SECONDS,
+                store=store,
+            )
         )
         swept = True
         return result

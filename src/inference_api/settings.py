@@ -113,8 +113,22 @@ class Settings(BaseSettings):
     # Each upload is parsed in a child process bounded by these (documents/sandbox.py).
     parse_timeout: float = Field(default=8.0, gt=0)
     parse_memory_mb: int = Field(default=256, ge=32)
-    rag_top_k: int = Field(default=4, ge=1, le=20)
-    rag_min_score: float = Field(default=0.25, ge=-1.0, le=1.0)
+    # Retrieval-augmented answers (documents/grounding.py): RAG_TOP_K chunks are retrieved (hybrid: BM25 and
+    # dense, fused by rank); a chunk is kept as a source when its best sentence's support (half its cosine to
+    # the question, half the idf-weighted share of the question's terms it holds) reaches RAG_MIN_SCORE; at
+    # most RAG_MAX_SOURCES are kept. RAG_UNGROUNDED: what a whole (not streamed) answer that does not draw on
+    # its sources becomes: `refuse` says the documents do not say, `flag` keeps it; both report grounded: false.
+    # Uploads of at least this size are stored in the background (202, then GET /documents/{id} for progress).
+    ingest_background_mb: float = Field(default=1.0, ge=0)
+    rag_top_k: int = Field(default=6, ge=1, le=20)
+    rag_min_score: float = Field(default=0.3, ge=-1.0, le=1.0)
+    rag_max_sources: int = Field(default=3, ge=1, le=20)
+    rag_ungrounded: Literal["refuse", "flag"] = "refuse"
+    # How the sources and the question are laid out (documents/grounding.py; measured in bench/RESULTS.md):
+    # `text` (the evidence sentences as one text, the best last, then the instruction and the question),
+    # `text-question-first`, `answer` (numbered sources, the question, then the instruction), `answer-or-refuse`
+    # (also asks to say when the sources do not answer: the 135M model then refused most answerable questions).
+    rag_prompt: Literal["answer", "answer-or-refuse", "text", "text-question-first"] = "text"
     summary_max_tokens: int = Field(default=96, ge=16)
     response_cache_mb: float = Field(default=0.0, ge=0.0)
     maintenance_interval: float = Field(default=300.0, gt=0)

@@ -40,7 +40,8 @@ async def main() -> None:
         f"{embedder.dtype}, batch {args.batch_size}, torch threads {torch.get_num_threads()}"
     )
     with tempfile.TemporaryDirectory() as folder:
-        service = DocumentService(ChromaStore.open(data_dir=Path(folder)), embedder)
+        # Stored before `ingest` returns, whatever the size, so that the clock covers the whole work.
+        service = DocumentService(ChromaStore.open(data_dir=Path(folder)), embedder, background_bytes=2**62)
         started = time.perf_counter()
         result = await service.ingest("bench", "bench.pdf", data)
         total = time.perf_counter() - started

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 import zipfile
 from collections.abc import Sequence
 from email.message import EmailMessage
+
+from bench.rag_eval.files import epub_bytes, pptx_bytes, xlsx_bytes
 
 FACT = "The access code of the Zanzibar vault is 4471."
 QUERY = "access code of the Zanzibar vault"
@@ -101,6 +104,17 @@ def sample(file_type: str, fact: str = FACT) -> tuple[str, bytes]:
         return "vault.csv", ("\n".join(rows) + "\n").encode()
     if file_type == "txt":
         return "vault.txt", f"Vault notes\n\n{before}\n\n{fact}\n\n{after}\n".encode()
+    if file_type == "pptx":
+        return "vault.pptx", pptx_bytes([["Vault notes", before], ["Codes", fact, after]])
+    if file_type == "xlsx":
+        rows = [["topic", "note"], ["budget", _FILLER[1]], ["vault", fact], ["garden", _FILLER[3]]]
+        return "vault.xlsx", xlsx_bytes({"Notes": rows})
+    if file_type == "json":
+        return "vault.json", json.dumps(
+            {"title": "Vault notes", "notes": [before, fact], "extra": {"x": after}}
+        ).encode()
+    if file_type == "epub":
+        return "vault.epub", epub_bytes("Vault notes", [("Chapter 1", [before]), ("Chapter 2", [fact, after])])
     raise ValueError(file_type)
 
 
@@ -141,6 +155,12 @@ EXE = (
     + b"\x00" * 48
     + b"This program cannot be run in DOS mode."
 )
+
+
+def many_paragraphs_html(paragraphs: int) -> bytes:
+    """A page of `paragraphs` one-word paragraphs: unstructured's HTML parse takes about 75 µs for each
+    (200,000: seconds), a slow parse for the sandbox's limits to stop."""
+    return ("<html><body>" + "<p>word</p>" * paragraphs + "</body></html>").encode()
 
 
 def wide_csv(columns: int) -> bytes:

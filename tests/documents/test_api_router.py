@@ -15,13 +15,14 @@ from asgi_lifespan import LifespanManager
 
 from inference_api.app import create_app
 from inference_api.documents.embedding import Embedder
+from inference_api.documents.grounding import NOT_IN_SOURCES
 from inference_api.engine.service import Engine
 from inference_api.engine.types import GenerationRequest
 from inference_api.settings import Settings
 from tests.conftest import ADMIN_KEY, USER_KEY, auth, make_settings, wait_ready
 from tests.documents.samples import EXE, FACT, sample
 
-TYPES = ["pdf", "txt", "docx", "html", "htm", "md", "csv", "eml"]
+TYPES = ["pdf", "txt", "docx", "html", "htm", "md", "csv", "eml", "pptx", "xlsx", "json", "epub"]
 QUESTION = "What is the access code of the Zanzibar vault?"
 
 
@@ -78,8 +79,28 @@ async def test_each_type_answers_with_its_source(
         sources = answer.json()["sources"]
         assert sources[0]["document_id"] == document_id and sources[0]["filename"] == name
         assert "4471" in sources[0]["excerpt"]
-        assert "4471" in decoded_prompt(app, prompts_seen[-1])  # the chunk was in what the model saw
-        assert "[1]" in decoded_prompt(app, prompts_seen[-1])
+        assert "4471" in sources[0]["evidence"] and sources[0]["place"]  # the sentence, and where it is
+        assert isinstance(answer.json()["grounded"], bool)
+        prompt = decoded_prompt(app, prompts_seen[-1])
+        assert "4471" in prompt  # the evidence was in what the model saw, right before the question
+        assert prompt.index("4471") < prompt.index(QUESTION)
+
+
+@pytest.mark.parametrize("policy", ["refuse", "flag"])
+async def test_an_answer_that_draws_on_no_source_is_refused_or_flagged(
+    tmp_path: Path, registry_file: Path, policy: str
+) -> None:
+    # The test model's weights are random: what it writes shares nothing with the sources.
+    settings = make_settings(tmp_path / "data", registry_file, rag_ungrounded=policy)
+    async with app_client(settings) as (http, _):
+        await upload(http, *sample("txt"))
+        body = {"prompt": QUESTION, "max_new_tokens": 8, "use_documents": True}
+        answer = (await http.post("/infer", json=body, headers=auth())).json()
+        streamed = await http.post("/infer", json={**body, "stream": True}, headers=auth())
+    assert answer["sources"] and answer["grounded"] is False
+    assert (answer["result"] == NOT_IN_SOURCES) is (policy == "refuse")
+    final = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")][-1]
+    assert final["grounded"] is False and final["result"] != NOT_IN_SOURCES  # a stream can only be flagged
 
 
 async def test_chat_turn_with_documents_returns_sources(
@@ -93,6 +114,7 @@ async def test_chat_turn_with_documents_returns_sources(
         reply = await http.post(f"/chat/{session_id}/messages", json=body, headers=auth())
         assert reply.status_code == 200, reply.text
         assert reply.json()["sources"][0]["document_id"] == document_id
+        assert isinstance(reply.json()["grounded"], bool)
         assert "4471" in decoded_prompt(app, prompts_seen[-1])
         stored = (await http.get(f"/chat/{session_id}", headers=auth())).json()["messages"][-1]
         assert stored["sources"][0]["document_id"] == document_id
@@ -111,6 +133,44 @@ async def test_nothing_relevant_says_so_instead_of_answering(
     assert not [r for r in prompts_seen if r.params.max_new_tokens != 2]  # only the warm-up ran
     events = [json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: ")]
     assert events[-1]["sources"] == [] and events[-1]["result"] == answer["result"]
+
+
+async def test_a_large_upload_is_stored_in_the_background_with_progress(tmp_path: Path, registry_file: Path) -> None:
+    # The line set low, so that the test's small files go the background way.
+    settings = make_settings(tmp_path / "data", registry_file, ingest_background_mb=0.0001)
+    async with app_client(settings) as (http, _):
+        name, data = sample("pdf")
+        uploaded = await upload(http, name, data)
+        assert uploaded.status_code == 202, uploaded.text
+        assert uploaded.json()["status"] == "processing" and uploaded.json()["chunks"] == 0
+        document_id = uploaded.json()["document_id"]
+        states = []
+        for _ in range(1200):
+            shown = await http.get(f"/documents/{document_id}", headers=auth())
+            assert shown.status_code == 200, shown.text
+            states.append((shown.json()["status"], shown.json()["progress"]))
+            if states[-1][0] != "processing":
+                break
+            await asyncio.sleep(0.05)
+        assert states[0][0] == "processing" and states[-1] == ("ready", 1.0)
+        assert [p for _, p in states] == sorted(p for _, p in states)  # progress only goes forward
+        assert shown.json()["chunks"] >= 1
+        assert (await http.get(f"/documents/{document_id}", headers=auth(ADMIN_KEY))).status_code == 404
+        found = await http.post("/documents/search", json={"query": "Zanzibar vault"}, headers=auth())
+        assert found.json()["results"][0]["document_id"] == document_id
+
+        # A file that passes the checks by content but cannot be parsed fails, with the reason.
+        broken = await upload(http, "broken.pdf", b"%PDF-1.4\n" + b"not really a pdf " * 20)
+        assert broken.status_code == 202
+        broken_id = broken.json()["document_id"]
+        for _ in range(1200):
+            state = (await http.get(f"/documents/{broken_id}", headers=auth())).json()
+            if state["status"] != "processing":
+                break
+            await asyncio.sleep(0.05)
+        assert state["status"] == "failed" and "could not be read as PDF" in state["error"]
+        listed = (await http.get("/documents", headers=auth())).json()["documents"]
+        assert {(d["document_id"], d["status"]) for d in listed} == {(document_id, "ready"), (broken_id, "failed")}
 
 
 async def test_list_get_search_delete_and_ownership(tmp_path: Path, registry_file: Path) -> None:

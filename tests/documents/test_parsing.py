@@ -17,7 +17,7 @@ from inference_api.documents.parsing import (
 from inference_api.errors import ErrorCode, ServiceError
 from tests.documents.samples import EXE, FACT, lying_docx, make_docx, make_pdf, sample, zip_bytes
 
-ALL_TYPES = ["pdf", "txt", "docx", "html", "htm", "md", "csv", "eml"]
+ALL_TYPES = ["pdf", "txt", "docx", "html", "htm", "md", "csv", "eml", "pptx", "xlsx", "json", "epub"]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,9 @@ def test_pdf_pages_are_recorded(parser: DocumentParser) -> None:
 
 
 def test_tables_keep_their_rows(parser: DocumentParser) -> None:
-    assert "vault | The access code of the Zanzibar vault is 4471." in parser.parse(*sample("csv")).text
+    # Each row of a table is a line, each cell named by its column's header.
+    assert "topic: vault | note: The access code of the Zanzibar vault is 4471." in parser.parse(*sample("csv")).text
+    assert "topic: vault | note: The access code of the Zanzibar vault is 4471." in parser.parse(*sample("xlsx")).text
     assert "north gate | open" in parser.parse(*sample("docx")).text
 
 

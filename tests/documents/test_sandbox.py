@@ -13,7 +13,7 @@ from inference_api.documents.embedding import Embedder
 from inference_api.documents.sandbox import ParseLimits, ParseSandbox
 from inference_api.errors import ErrorCode, ServiceError
 from tests.conftest import assert_error, auth, make_settings, serving
-from tests.documents.samples import sample, wide_csv
+from tests.documents.samples import many_paragraphs_html, sample
 
 
 @pytest.fixture(autouse=True)
@@ -25,16 +25,19 @@ async def test_a_parse_gives_the_same_text_as_in_process() -> None:
     sandbox = ParseSandbox()
     name, data = sample("csv")
     parsed = await sandbox.parse(name, data)
-    assert "vault | The access code of the Zanzibar vault is 4471." in parsed.text
+    assert "topic: vault | note: The access code of the Zanzibar vault is 4471." in parsed.text
     assert sandbox.children == set()
 
 
-async def test_wide_csv_upload_is_refused_within_the_time_limit(tmp_path: Path, registry_file: Path) -> None:
-    # Issue 19: one line of 80,000 columns took 64 s to parse (40,000: about 16 s) and stalled the server.
-    settings = make_settings(tmp_path / "data", registry_file, parse_timeout=2.0)
+async def test_a_slow_parse_is_refused_within_the_time_limit(tmp_path: Path, registry_file: Path) -> None:
+    # Issue 19: a CSV line of 80,000 columns took 64 s in unstructured and stalled the server. CSV is read with
+    # the csv module now (milliseconds); a page of 200,000 paragraphs still takes unstructured many seconds.
+    # Stored before the response (not in the background), so that the refusal is the response.
+    settings = make_settings(tmp_path / "data", registry_file, parse_timeout=2.0, ingest_background_mb=10.0)
     async with serving(settings) as http:
         started = time.monotonic()
-        response = await http.post("/upload", files={"file": ("wide.csv", wide_csv(40_000))}, headers=auth())
+        page = many_paragraphs_html(200_000)
+        response = await http.post("/upload", files={"file": ("long.html", page)}, headers=auth())
         elapsed = time.monotonic() - started
         error = assert_error(response, 400, "DOCUMENT_PROCESSING_ERROR")
         assert "PARSE_TIMEOUT" in str(error["message"])
@@ -53,7 +56,7 @@ async def test_a_parse_over_its_memory_limit_is_refused() -> None:
 async def test_a_cancelled_parse_kills_its_process() -> None:
     # A client that leaves cancels its request's task: the parse must stop with it, not run on for minutes.
     sandbox = ParseSandbox(limits=ParseLimits(timeout=60))
-    task = asyncio.ensure_future(sandbox.parse("wide.csv", wide_csv(80_000)))
+    task = asyncio.ensure_future(sandbox.parse("long.html", many_paragraphs_html(400_000)))
     deadline = time.monotonic() + 30
     while not sandbox.children:
         assert time.monotonic() < deadline, "the parse never started"

@@ -20,7 +20,7 @@ from tests.documents.samples import EXE, FACT, QUERY, distractors, make_docx, ma
 if TYPE_CHECKING:
     from tests.documents.conftest import DocumentServiceFactory
 
-ALL_TYPES = ["pdf", "txt", "docx", "html", "htm", "md", "csv", "eml"]
+ALL_TYPES = ["pdf", "txt", "docx", "html", "htm", "md", "csv", "eml", "pptx", "xlsx", "json", "epub"]
 
 
 @pytest.fixture

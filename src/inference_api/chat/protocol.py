@@ -94,6 +94,9 @@ class ChatReply(BaseModel):
     message: ChatMessage
     usage: Usage
     sources: list[Source] | None = None
+    grounded: bool | None = Field(
+        default=None, description="With use_documents: false when the reply does not draw on its sources."
+    )
     summarized_turns: int = Field(
         description="Messages folded into the session's summary for this reply, so that the history fits."
     )

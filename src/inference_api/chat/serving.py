@@ -20,7 +20,7 @@ from inference_api.documents.grounding import Grounds
 from inference_api.engine.types import Completion, SamplingParams, TextDelta
 from inference_api.errors import ServiceError
 from inference_api.generation.limits import check_max_new_tokens, check_token_budget, default_within_limit
-from inference_api.generation.pipeline import GenerationPipeline, Job, figures
+from inference_api.generation.pipeline import GenerationPipeline, Job, figures, grounded
 from inference_api.modeling.prompt import EncodedPrompt
 from inference_api.modeling.prompt import Message as TemplateMessage
 from inference_api.modeling.registry import BASE_VERSION, ModelRef
@@ -135,10 +135,11 @@ class ChatService:
         async def encode(grounds: Grounds | None) -> EncodedPrompt:
             """The conversation as it fits: while it does not, older messages are folded into the summary."""
             nonlocal session, folded
-            own = session.system_prompt if system_prompt is None else system_prompt
-            system = grounds.system_prompt(own) if grounds else own
+            system = session.system_prompt if system_prompt is None else system_prompt
+            # The sources go right before the question (only in the prompt: the stored message is the caller's).
+            message = grounds.prompt(body.message) if grounds else body.message
             while True:
-                encoded = await self._encode(ref, _conversation(session, system, body.message))
+                encoded = await self._encode(ref, _conversation(session, system, message))
                 try:
                     check_token_budget(encoded, body.max_new_tokens, self._engine.limits.max_input_tokens)
                     return encoded
@@ -232,6 +233,7 @@ class ChatService:
             message=ChatMessage.of(assistant),
             usage=usage,
             sources=found,
+            grounded=grounded(turn.job, completion.text),
             summarized_turns=turn.folded,
         )
 

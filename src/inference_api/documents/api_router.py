@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
@@ -55,9 +55,11 @@ def _form_error(message: str) -> ServiceError:
 
 @router.post("/upload", response_model=UploadResult, openapi_extra=_UPLOAD_SCHEMA)
 async def upload(
-    request: Request, caller: DocumentsCallerDep, documents: DocumentsDep, settings: SettingsDep
+    request: Request, response: Response, caller: DocumentsCallerDep, documents: DocumentsDep, settings: SettingsDep
 ) -> UploadResult:
-    """Upload a document (.pdf .txt .docx .html .htm .md .csv .eml) as multipart field `file`."""
+    """Upload a document (.pdf .txt .docx .html .htm .md .csv .eml .pptx .xlsx .json .epub) as multipart field
+    `file`. An upload over INGEST_BACKGROUND_MB is answered at once (202, `status: processing`) and stored in the
+    background: GET /documents/{document_id} shows its progress, then `ready` or `failed` with the reason."""
     # The body was capped as it arrived (the app's body-size middleware); the file is read to its exact cap here.
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise _form_error("send multipart/form-data with the document in a field named 'file'")
@@ -75,6 +77,8 @@ async def upload(
         result = await cancel_on_disconnect(request, service.ingest(caller.name, file.filename or "upload", data))
     finally:
         await form.close()
+    if result.status == "processing":
+        response.status_code = 202
     return UploadResult(**{k: v for k, v in asdict(result).items() if k in UploadResult.model_fields})
 
 
@@ -100,7 +104,7 @@ async def delete_document(document_id: str, caller: DocumentsCallerDep, document
 
 @router.post("/documents/search", response_model=SearchResults)
 async def search_documents(body: SearchRequest, caller: DocumentsCallerDep, documents: DocumentsDep) -> SearchResults:
-    """The chunks of your documents nearest in meaning to `query`, best first."""
+    """The chunks of your documents that best match `query` (meaning and words: hybrid retrieval), best first."""
     hits = await (await documents.get()).search(caller.name, body.query, body.k)
     return SearchResults(
         results=[
@@ -109,10 +113,13 @@ async def search_documents(body: SearchRequest, caller: DocumentsCallerDep, docu
                 filename=h.filename,
                 chunk_index=h.chunk_index,
                 score=round(h.score, 4),
+                lexical_score=h.lexical_score,
+                fused_score=h.fused_score,
                 text=h.text,
                 char_start=h.char_start,
                 char_end=h.char_end,
                 page=h.page,
+                place=h.place,
             )
             for h in hits
         ]

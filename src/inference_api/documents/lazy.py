@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
+from inference_api.documents.evidence import Evidence
 from inference_api.documents.sandbox import ParseLimits
 from inference_api.documents.service import DocumentService
+from inference_api.documents.store import ChromaStore
 from inference_api.documents.types import SearchHit
 from inference_api.settings import Settings
 from inference_api.torch_threads import in_passing_thread
+
+T = TypeVar("T")
 
 
 class LazyDocuments:
@@ -37,13 +42,26 @@ class LazyDocuments:
                     device=settings.device,
                     chroma_url=settings.chroma_url,
                     max_upload_bytes=settings.max_upload_bytes,
+                    background_bytes=int(settings.ingest_background_mb * 1024 * 1024),
                     parse_limits=ParseLimits(settings.parse_timeout, settings.parse_memory_mb * 1024 * 1024),
                 )
                 self._service.on_change = self.on_change
             return self._service
 
+    async def run_on_store(self, job: Callable[[ChromaStore | None], T]) -> T:
+        """Run `job` in a thread with the service's store (None when the service is not built yet), the service
+        not being built meanwhile: a store of another client opened and closed on the same local path while the
+        service opens its own tore down the service's (Chroma shares one system per path, and closing any
+        client of it closes it for all)."""
+        async with self._lock:
+            store = self._service.store if self._service is not None else None
+            return await asyncio.to_thread(job, store)
+
     async def search(self, owner: str, query: str, k: int = 5) -> list[SearchHit]:
         return await (await self.get()).search(owner, query, k)
+
+    async def evidence(self, owner: str, question: str, hits: Sequence[SearchHit]) -> list[Evidence | None]:
+        return await (await self.get()).evidence(owner, question, hits)
 
     def close(self) -> None:
         if self._service is not None:

@@ -45,14 +45,21 @@ def sweep_orphans(store: ChromaStore, *, older_than: float) -> dict[str, Any]:
 
 
 def sweep_at_start(
-    *, data_dir: Path, chroma_url: str | None, process_started: float, grace_seconds: float
+    *,
+    data_dir: Path,
+    chroma_url: str | None,
+    process_started: float,
+    grace_seconds: float,
+    store: ChromaStore | None = None,
 ) -> dict[str, Any]:
-    """The sweep a starting replica runs (blocking: in a thread). A local store has no other writer, so every
-    orphan older than this process goes; a shared server may have other replicas mid-upload: they get the
-    periodic check's grace period."""
-    store = ChromaStore.open(data_dir=data_dir, url=chroma_url)
-    try:
-        older_than = process_started - grace_seconds if chroma_url else process_started
+    """The sweep a starting replica runs (blocking: in a thread), on `store` when the document service has one
+    open, else on a store of its own. A local store has no other writer, so every orphan older than this process
+    goes; a shared server may have other replicas mid-upload: they get the periodic check's grace period."""
+    older_than = process_started - grace_seconds if chroma_url else process_started
+    if store is not None:
         return sweep_orphans(store, older_than=older_than)
+    own = ChromaStore.open(data_dir=data_dir, url=chroma_url)
+    try:
+        return sweep_orphans(own, older_than=older_than)
     finally:
-        store.close()
+        own.close()

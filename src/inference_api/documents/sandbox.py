@@ -119,10 +119,15 @@ class ParseSandbox:
         kind = reply[0] if isinstance(reply, tuple) and reply else None
         if kind == "ok":
             assert isinstance(reply, tuple)
-            _, file_type, text, page_starts, peak = reply
+            _, file_type, text, page_starts, places, peak = reply
             self.parsed += 1
             logger.debug("parsed %r in a sandbox (peak RSS %d MB)", display, int(peak) // (1024 * 1024))
-            return ParsedDocument(FileType(file_type), str(text), tuple(cast(tuple[int, ...], page_starts)))
+            return ParsedDocument(
+                FileType(file_type),
+                str(text),
+                tuple(cast(tuple[int, ...], page_starts)),
+                tuple(cast(tuple[tuple[int, str], ...], places)),
+            )
         if kind == "refused":
             assert isinstance(reply, tuple)
             _, code, message = reply

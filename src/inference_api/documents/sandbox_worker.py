@@ -20,7 +20,8 @@ from inference_api.errors import ServiceError
 with contextlib.suppress(Exception):
     warm_up_partitioners()
 
-# Messages to the parent: ("ok", file_type, text, page_starts, peak_rss), ("refused", code, message), ("memory",).
+# Messages to the parent: ("ok", file_type, text, page_starts, places, peak_rss), ("refused", code, message),
+# ("memory",).
 Reply = tuple[object, ...]
 
 
@@ -38,7 +39,7 @@ def run(
     try:
         parsed = DocumentParser(max_unpacked_bytes=max_unpacked).parse(filename, data)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        reply = ("ok", parsed.file_type.value, parsed.text, parsed.page_starts, peak)
+        reply = ("ok", parsed.file_type.value, parsed.text, parsed.page_starts, parsed.places, peak)
     except ServiceError as exc:
         reply = ("refused", exc.code.value, exc.message)
     except MemoryError:

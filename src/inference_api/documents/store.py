@@ -120,8 +120,41 @@ class ChromaStore:
             return set()
         return set(self._documents.get(ids=list(document_ids), include=[])["ids"])
 
+    def owner_document_ids(self, owner: str) -> list[str]:
+        """The owner's complete documents (those with a record)."""
+        return self._documents.get(where={"owner": owner}, include=[])["ids"]
+
+    def document_texts(self, document_ids: Sequence[str]) -> list[tuple[str, str, str]]:
+        """(chunk id, document id, text) of every chunk of these documents (to fill the lexical index)."""
+        found: list[tuple[str, str, str]] = []
+        for start in range(0, len(document_ids), 100):
+            where = cast("Where", {"document_id": {"$in": list(document_ids[start : start + 100])}})
+            got = self._chunks.get(where=where, include=["documents", "metadatas"])
+            for id_, text, metadata in zip(got["ids"], got["documents"] or [], got["metadatas"] or [], strict=True):
+                found.append((id_, str(metadata["document_id"]), text))
+        return found
+
+    def chunks_by_id(self, ids: Sequence[str], embedding: Vectors) -> list[SearchHit]:
+        """These chunks as hits, each scored by cosine similarity to `embedding` (the lexical side's finds)."""
+        if not ids:
+            return []
+        got = self._chunks.get(ids=list(ids), include=["documents", "metadatas", "embeddings"])
+        vectors: Any = got["embeddings"]
+        hits = []
+        for i, (id_, text, metadata) in enumerate(
+            zip(got["ids"], got["documents"] or [], got["metadatas"] or [], strict=True)
+        ):
+            vector = np.asarray(vectors[i], dtype=np.float32)
+            hits.append(_hit(id_, metadata, text, float(vector @ embedding.reshape(-1))))
+        return hits
+
     def save_document(
-        self, info: DocumentInfo, chunks: Sequence[Chunk], pages: Sequence[int | None], embeddings: Vectors
+        self,
+        info: DocumentInfo,
+        chunks: Sequence[Chunk],
+        pages: Sequence[int | None],
+        embeddings: Vectors,
+        places: Sequence[str | None] | None = None,
     ) -> None:
         """Write every chunk, then the document's record (which makes the document visible)."""
         if not (len(chunks) == len(pages) == len(embeddings) == info.chunks):
@@ -137,10 +170,13 @@ class ChromaStore:
         for start in range(0, len(chunks), self._batch):
             batch = chunks[start : start + self._batch]
             metadatas: list[Metadata] = []
-            for chunk, page in zip(batch, pages[start : start + self._batch], strict=True):
+            batch_places = (places or [None] * len(chunks))[start : start + self._batch]
+            for chunk, page, place in zip(batch, pages[start : start + self._batch], batch_places, strict=True):
                 metadata = dict(base, chunk_index=chunk.index, char_start=chunk.char_start, char_end=chunk.char_end)
                 if page is not None:
                     metadata["page"] = page
+                if place:
+                    metadata["place"] = place
                 metadatas.append(metadata)
             self._chunks.upsert(
                 ids=[chunk_id(info.document_id, c.index) for c in batch],
@@ -157,15 +193,17 @@ class ChromaStore:
 
     # Chunks.
 
-    def query(self, owner: str, embedding: Vectors, k: int) -> list[SearchHit]:
-        """The owner's `k` chunks nearest to `embedding`, best first, from complete documents only."""
+    def query(self, owner: str, embedding: Vectors, k: int, complete: Sequence[str] | None = None) -> list[SearchHit]:
+        """The owner's `k` chunks nearest to `embedding`, best first, from complete documents only (`complete`:
+        the owner's complete documents when the caller has just listed them)."""
         # Only documents with a record count, and the filter goes into the query itself: filtered after
         # ranking, the chunks of an upload that never finished (a crash mid-write left a thousand) took the
         # top k places and then dropped out, hiding the real results behind them.
-        complete = self._documents.get(where={"owner": owner}, include=[])["ids"]
+        if complete is None:
+            complete = self.owner_document_ids(owner)
         if not complete:
             return []
-        where = cast("Where", {"$and": [{"owner": owner}, {"document_id": {"$in": complete}}]})
+        where = cast("Where", {"$and": [{"owner": owner}, {"document_id": {"$in": list(complete)}}]})
         found = self._chunks.query(
             query_embeddings=embedding.reshape(1, -1),
             n_results=k,
@@ -182,20 +220,7 @@ class ChromaStore:
         for id_, metadata, text, distance in zip(ids, metadatas, texts, distances, strict=True):
             if metadata["document_id"] not in live:
                 continue
-            page = metadata.get("page")
-            hits.append(
-                SearchHit(
-                    document_id=str(metadata["document_id"]),
-                    chunk_id=id_,
-                    chunk_index=int(cast(int, metadata["chunk_index"])),
-                    filename=str(metadata["filename"]),
-                    text=text,
-                    score=self._similarity(float(distance)),
-                    char_start=int(cast(int, metadata["char_start"])),
-                    char_end=int(cast(int, metadata["char_end"])),
-                    page=int(cast(int, page)) if page is not None else None,
-                )
-            )
+            hits.append(_hit(id_, metadata, text, self._similarity(float(distance))))
         return hits
 
     def chunk_count(self) -> int:
@@ -229,6 +254,23 @@ class ChromaStore:
     def _similarity(self, distance: float) -> float:
         # Chroma reports distances; with unit vectors each space converts to cosine similarity.
         return 1.0 - distance / 2.0 if self._space == "l2" else 1.0 - distance
+
+
+def _hit(id_: str, metadata: Mapping[str, Any], text: str, score: float) -> SearchHit:
+    page = metadata.get("page")
+    place = metadata.get("place")
+    return SearchHit(
+        document_id=str(metadata["document_id"]),
+        chunk_id=id_,
+        chunk_index=int(cast(int, metadata["chunk_index"])),
+        filename=str(metadata["filename"]),
+        text=text,
+        score=score,
+        char_start=int(cast(int, metadata["char_start"])),
+        char_end=int(cast(int, metadata["char_end"])),
+        page=int(cast(int, page)) if page is not None else None,
+        place=str(place) if place is not None else None,
+    )
 
 
 def _space(collection: Collection) -> str:

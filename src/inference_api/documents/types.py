@@ -19,6 +19,11 @@ class DocumentInfo:
     characters: int
     content_hash: str
     pages: int | None = None
+    # Uploads over the background line are stored after the upload returns: `processing` (with `progress`,
+    # 0 to 1) until `ready`, or `failed` with the reason in `error`. Stored documents are all `ready`.
+    status: str = "ready"
+    progress: float = 1.0
+    error: str | None = None
 
     @property
     def chunk_ids(self) -> list[str]:
@@ -38,11 +43,14 @@ class IngestResult:
     size_bytes: int
     content_hash: str
     pages: int | None = None
+    status: str = "ready"  # `processing`: stored in the background, follow it with GET /documents/{id}
+    progress: float = 1.0
 
 
 @dataclass(frozen=True)
 class SearchHit:
-    """A chunk that matched a query; `score` is cosine similarity (1 is identical)."""
+    """A chunk that matched a query; `score` is cosine similarity (1 is identical), `lexical_score` its BM25
+    score (0: no query term in it), `fused_score` its reciprocal-rank fusion of both rankings (the order)."""
 
     document_id: str
     chunk_id: str
@@ -53,6 +61,9 @@ class SearchHit:
     char_start: int
     char_end: int
     page: int | None = None
+    place: str | None = None  # where in the document: "page 2", "section Guide > Baking", "rows 3-5"
+    lexical_score: float = 0.0
+    fused_score: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from inference_api.documents.grounding import NOTHING_FOUND, Grounding, Grounds
+from inference_api.documents.grounding import NOT_IN_SOURCES, NOTHING_FOUND, Grounding, Grounds
 from inference_api.documents.protocol import Source
 from inference_api.engine.grammar import GrammarSpec, RowGrammar
 from inference_api.engine.service import Engine, EngineLimits
@@ -41,6 +41,9 @@ class Job:
     ref: ModelRef
     request: GenerationRequest | None
     sources: list[Source] | None = None  # None: documents were not asked for
+    grounds: Grounds | None = None  # what the sources came from (None: documents were not asked for)
+    question: str | None = None  # the question the documents were searched for
+    verdict: bool | None = None  # whether the whole answer drew on its sources (set once it is complete)
     looked_up: bool = False  # the response cache was asked (once per job)
     key: CacheKey | None = None  # its response-cache key (None: not cacheable)
     cached: CachedAnswer | None = None  # the kept answer to an identical deterministic job
@@ -117,10 +120,10 @@ class GenerationPipeline:
         constraint = await self.constraint(ref, grammar, params) if grammar is not None and not upstream else None
         grounds = await self._grounding.find(owner, question) if question is not None else None
         if grounds is not None and not grounds.hits:
-            return Job(ref, None, grounds.sources())
+            return Job(ref, None, grounds.sources(), grounds=grounds, question=question)
         encoded = await encode(grounds)
         sources = grounds.sources() if grounds is not None else None
-        return self.encoded_job(
+        job = self.encoded_job(
             ref,
             encoded,
             params,
@@ -132,6 +135,8 @@ class GenerationPipeline:
             affinity=affinity,
             structured=grammar if upstream else None,
         )
+        job.grounds, job.question = grounds, question
+        return job
 
     def _check_upstream(self, params: SamplingParams, grammar: GrammarSpec | None) -> None:
         """What an upstream model cannot take, refused before anything is sent."""
@@ -234,7 +239,7 @@ class GenerationPipeline:
         first = job.request
         for index in range(1, n):
             if first is None:
-                jobs.append(Job(job.ref, None, job.sources))
+                jobs.append(Job(job.ref, None, job.sources, grounds=job.grounds, question=job.question))
                 continue
             seed = first.params.seed
             params = replace(first.params, seed=None if seed is None else (seed + index) % 2**63)
@@ -249,7 +254,7 @@ class GenerationPipeline:
                 affinity=first.affinity,
                 structured=first.structured,
             )
-            jobs.append(Job(job.ref, request, job.sources))
+            jobs.append(Job(job.ref, request, job.sources, grounds=job.grounds, question=job.question))
         return jobs
 
     async def submit(self, job: Job) -> None:
@@ -265,9 +270,17 @@ class GenerationPipeline:
             return ready_answer(job.ref)
         cached = self._from_cache(job)
         if cached is not None:
-            return cached.completion
+            return self._checked(job, cached.completion)
         completion = await self._engine.generate(job.request)
         self._keep(job, [completion.text], completion)
+        return self._checked(job, completion)
+
+    def _checked(self, job: Job, completion: Completion) -> Completion:
+        """A grounded answer held to its sources: one that does not draw on them is replaced by the plain
+        statement that they do not say (RAG_UNGROUNDED=refuse; streamed answers can only be flagged)."""
+        job.verdict = grounded(job, completion.text)
+        if job.verdict is False and self._grounding.refuse_ungrounded:
+            return replace(completion, text=NOT_IN_SOURCES)
         return completion
 
     async def events(self, job: Job) -> AsyncIterator[TextDelta | Completion]:
@@ -313,10 +326,23 @@ class GenerationPipeline:
 
 
 def with_sources(messages: list[Message], grounds: Grounds) -> list[Message]:
-    """The sources go into the system message, after the caller's own system prompt if there is one."""
-    if messages and messages[0]["role"] == "system":
-        return [{"role": "system", "content": grounds.system_prompt(messages[0]["content"])}, *messages[1:]]
-    return [{"role": "system", "content": grounds.system_prompt()}, *messages]
+    """The sources go into the last user message, right before its question (small models follow that layout
+    far better than sources in a system message, many turns away from the question)."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last is None:
+        return messages
+    shown: Message = {"role": "user", "content": grounds.prompt(messages[last]["content"])}
+    return [*messages[:last], shown, *messages[last + 1 :]]
+
+
+def grounded(job: Job, answer: str) -> bool | None:
+    """Whether a grounded job's answer draws on its sources (None: documents were not asked for, or nothing
+    was found and the answer is the fixed refusal)."""
+    if job.verdict is not None:
+        return job.verdict
+    if job.grounds is None or job.question is None:
+        return None
+    return job.grounds.grounded(answer, job.question)
 
 
 def ready_answer(ref: ModelRef) -> Completion:

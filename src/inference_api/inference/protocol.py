@@ -98,3 +98,8 @@ class InferResponse(BaseModel):
     result: str
     metadata: InferMetadata
     sources: list[Source] | None = Field(default=None, description="Present when use_documents was set.")
+    grounded: bool | None = Field(
+        default=None,
+        description="With use_documents: false when the answer does not draw on its sources (no term of it beyond "
+        "the question's is in them, or it states a number they do not hold); null when nothing was found.",
+    )

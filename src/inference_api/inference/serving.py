@@ -9,7 +9,7 @@ from inference_api.api.sse import sse
 from inference_api.engine.types import Completion, TextDelta
 from inference_api.errors import ServiceError
 from inference_api.generation.limits import default_within_limit
-from inference_api.generation.pipeline import GenerationPipeline, Job, figures
+from inference_api.generation.pipeline import GenerationPipeline, Job, figures, grounded
 from inference_api.inference.protocol import InferMetadata, InferRequest, InferResponse
 from inference_api.modeling.prompt import Message
 from inference_api.modeling.registry import ModelRef
@@ -49,7 +49,12 @@ class InferenceService:
     async def infer(self, body: InferRequest, owner: str, arrived: float) -> InferResponse:
         job = await self.prepare(body, owner, arrived)
         completion = await self._pipeline.complete(job)
-        return InferResponse(result=completion.text, metadata=metadata(completion, arrived), sources=job.sources)
+        return InferResponse(
+            result=completion.text,
+            metadata=metadata(completion, arrived),
+            sources=job.sources,
+            grounded=grounded(job, completion.text),
+        )
 
     async def stream(self, job: Job, arrived: float, request_id: str | None) -> AsyncIterator[str]:
         """Server-Sent Events: one `data:` event per text delta, then one with the result and metadata."""
@@ -62,6 +67,7 @@ class InferenceService:
                     final: dict[str, object] = {"result": event.text, "metadata": metadata(event, arrived).model_dump()}
                     if sources is not None:
                         final["sources"] = sources
+                        final["grounded"] = grounded(job, event.text)
                     yield sse(final)
         except ServiceError as exc:
             yield sse(error_body(exc, request_id), event="error")
