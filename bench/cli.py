@@ -17,6 +17,8 @@ from bench.load import LevelResult, run_level
 from bench.prompts import PROMPTS
 from bench.report import ServerRun, error_notes, machine_description, ratios, round_ratios, table, token_notes
 from bench.servers import (
+    OURS_APIS,
+    OURS_BATCH,
     SERVER_KEYS,
     BenchError,
     ServerProcess,
@@ -26,7 +28,7 @@ from bench.servers import (
     usable_model_folder,
 )
 
-DEFAULT_CONCURRENCY = (1, 4, 16, 32)
+DEFAULT_CONCURRENCY = (1, 4, 16, 32, 64)
 QUICK_CONCURRENCY = (1, 4)
 
 
@@ -62,7 +64,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency",
         type=_int_list,
-        help="comma-separated client counts (default: 1,4,16,32; with --quick: 1,4)",
+        help="comma-separated client counts (default: 1,4,16,32,64; with --quick: 1,4)",
+    )
+    parser.add_argument(
+        "--ours-api",
+        choices=OURS_APIS,
+        default="v1",
+        help="how the load reaches our server: /v1/chat/completions streams like every peer (default), or /infer",
     )
     parser.add_argument(
         "--requests",
@@ -271,7 +279,11 @@ def render(runs: Sequence[ServerRun], notes: Sequence[str], args: argparse.Names
     ]
     ratio_lines = ratios(runs)
     if ratio_lines:
-        parts += ["", "Output tokens/s of ours (MAX_BATCH_SIZE=32) relative to each other server:", *ratio_lines]
+        parts += [
+            "",
+            f"Output tokens/s of ours (MAX_BATCH_SIZE={OURS_BATCH}) relative to each other server:",
+            *ratio_lines,
+        ]
     note_lines = [*token_notes(runs), *(f"- {note}" for note in notes), *error_notes(runs)]
     if note_lines:
         parts += ["", "Notes:", *note_lines]
@@ -303,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             reuse = f"; using the folder from an earlier run: {model_dir}" if model_dir else ""
             notes.append(f"{exc}{reuse}")
             _progress(notes[-1])
-    specs, skipped = build_specs(args.servers, data_dir, model_dir)
+    specs, skipped = build_specs(args.servers, data_dir, model_dir, args.ours_api)
     notes += skipped
 
     runs: list[ServerRun] = []
