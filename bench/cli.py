@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -86,6 +87,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="run all servers at once and measure each level in this many blocks per server, the servers taking "
         "turns (default 1: one server after another)",
     )
+    parser.add_argument(
+        "--busy-core",
+        action="store_true",
+        help="keep the last usable core busy with a spinning process while measuring (a noisy neighbour)",
+    )
     parser.add_argument("--output", type=Path, help="also write the table and machine description to this file")
     parser.add_argument(
         "--data-dir",
@@ -122,6 +128,23 @@ def block_sizes(requests: int, rounds: int, concurrency: int) -> list[int]:
     """
     blocks = max(1, min(rounds, requests // (2 * concurrency)))
     return [requests // blocks + (1 if index < requests % blocks else 0) for index in range(blocks)]
+
+
+@contextlib.contextmanager
+def busy_core() -> Iterator[int]:
+    """A process spinning on the last core this process may use (and only there), for the `with` block."""
+    core = max(os.sched_getaffinity(0))
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+    try:
+        os.sched_setaffinity(spinner.pid, {core})
+        yield core
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def _neighbour(args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
+    return busy_core() if args.busy_core else contextlib.nullcontext()
 
 
 def _progress(message: str) -> None:
@@ -184,7 +207,8 @@ def _run_server(spec: ServerSpec, args: argparse.Namespace, log_dir: Path, runs:
         startup = _ready(server, args)
         load_before = os.getloadavg()[0]
         try:
-            asyncio.run(_measure(server, args, levels))
+            with _neighbour(args):
+                asyncio.run(_measure(server, args, levels))
         finally:
             if levels:
                 runs.append(ServerRun(spec.key, spec.label, spec.token_note, tuple(levels), startup, load_before))
@@ -251,7 +275,8 @@ def _run_in_turns(
         )
         load_before = os.getloadavg()[0]
         try:
-            asyncio.run(_measure_in_turns(servers, args, blocks))
+            with _neighbour(args):
+                asyncio.run(_measure_in_turns(servers, args, blocks))
         finally:
             for server in servers:
                 key = server.spec.key
@@ -320,6 +345,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runs: list[ServerRun] = []
     interrupted = False
+    if args.busy_core:
+        notes.append(
+            f"a busy-loop process was pinned to core {max(os.sched_getaffinity(0))} while measuring "
+            "(a noisy neighbour; not while the servers started)"
+        )
     try:
         if args.rounds > 1:
             _run_in_turns(specs, args, log_dir, runs, notes)
