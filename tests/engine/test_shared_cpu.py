@@ -15,18 +15,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from asgi_lifespan import LifespanManager
 from bench.invariance import PROMPTS
 
 from inference_api.app import create_app
 from inference_api.engine.service import Engine
+from inference_api.modeling.prompt import PromptEncoder
+from inference_api.modeling.registry import ModelRef, ModelRegistry
 from inference_api.settings import Settings
-from tests.conftest import TEST_KEYS, auth, wait_ready
-
-pytestmark = [
-    pytest.mark.real_model,
-    pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pins the neighbour to a core"),
-]
+from inference_api.torch_threads import usable_cpus
+from tests.conftest import TEST_KEYS, auth, make_settings, wait_ready
 
 
 @pytest.fixture
@@ -42,6 +41,8 @@ def busy_neighbour() -> Iterator[int]:
         spinner.wait()
 
 
+@pytest.mark.real_model
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pins the neighbour to a core")
 async def test_all_requests_complete_with_a_core_taken(
     shared_data_dir: Path, default_model_dir: Path, busy_neighbour: int
 ) -> None:
@@ -70,3 +71,21 @@ async def test_all_requests_complete_with_a_core_taken(
             assert [r.status_code for r in responses] == [200] * len(responses), [r.text for r in responses]
             assert all(r.json()["metadata"]["tokens_generated"] > 0 for r in responses)
         assert engine.workers[0].stats.failed == 0
+
+
+async def test_cpu_workers_size_and_tune_their_threads_as_configured(tmp_path: Path, registry_file: Path) -> None:
+    """TORCH_THREADS=0 is the usable CPUs, tuned; TORCH_THREADS=1 with TUNE_THREADS=false stays one thread."""
+    registry = ModelRegistry.from_file(registry_file, ModelRef("tiny", "base"))
+    encoder = PromptEncoder(registry, tmp_path)
+    auto = Engine.build(make_settings(tmp_path, registry_file), registry, encoder)
+    fixed = Engine.build(make_settings(tmp_path, registry_file, torch_threads=1, tune_threads=False), registry, encoder)
+    try:
+        tuner = auto.workers[0].threads
+        assert auto.workers[0].device.type == "cpu" and tuner is not None and tuner.most == usable_cpus()
+        assert fixed.workers[0].threads is None
+        # Set on the worker's own thread, where its tensor work runs (a new thread does not inherit the size).
+        assert await fixed.workers[0].call(torch.get_num_threads) == 1
+    finally:
+        for engine in (auto, fixed):
+            for worker in engine.workers:
+                worker.shutdown()
