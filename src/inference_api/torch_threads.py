@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import math
 import os
 import statistics
@@ -30,6 +31,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ParamSpec, TypeVar
+
+logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -173,12 +176,20 @@ class ThreadTuner:
         return result
 
     def _timed(self, size: int, step: Callable[[], T]) -> tuple[T, float]:
+        self._apply(size)
+        started = self._clock()
+        try:
+            result = step()
+        finally:
+            seconds = self._clock() - started
+            # Whatever runs next on this thread (a prefill) runs with the chosen size, never a tried one.
+            self._apply(self.current)
+        return result, seconds
+
+    def _apply(self, size: int) -> None:
         if self._applied != size:
             self._set_threads(size)
             self._applied = size
-        started = self._clock()
-        result = step()
-        return result, self._clock() - started
 
     def _neighbour(self) -> int:
         if self.current == 1:
@@ -194,7 +205,15 @@ class ThreadTuner:
         self._trial = None
         self.trials += 1
         if switch:
+            logger.info(
+                "decode steps now use %d threads instead of %d (median step %.1f ms against %.1f ms)",
+                size,
+                self.current,
+                statistics.median(tried) * 1000,
+                statistics.median(kept) * 1000,
+            )
             self.current = size
+            self._apply(size)
             self.switches += 1
             self._recent = deque(tried, maxlen=self._recent.maxlen)
             self._interval = self._base_interval
