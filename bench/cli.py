@@ -7,9 +7,10 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -26,6 +27,8 @@ from bench.report import (
     token_notes,
 )
 from bench.servers import (
+    OURS_APIS,
+    OURS_BATCH,
     SERVER_KEYS,
     BenchError,
     ServerProcess,
@@ -35,7 +38,7 @@ from bench.servers import (
     usable_model_folder,
 )
 
-DEFAULT_CONCURRENCY = (1, 4, 16, 32)
+DEFAULT_CONCURRENCY = (1, 4, 16, 32, 64)
 QUICK_CONCURRENCY = (1, 4)
 
 
@@ -71,7 +74,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency",
         type=_int_list,
-        help="comma-separated client counts (default: 1,4,16,32; with --quick: 1,4)",
+        help="comma-separated client counts (default: 1,4,16,32,64; with --quick: 1,4)",
+    )
+    parser.add_argument(
+        "--ours-api",
+        choices=OURS_APIS,
+        default="v1",
+        help="how the load reaches our server: /v1/chat/completions streams like every peer (default), or /infer",
     )
     parser.add_argument(
         "--requests",
@@ -86,6 +95,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1,
         help="run all servers at once and measure each level in this many blocks per server, the servers taking "
         "turns (default 1: one server after another)",
+    )
+    parser.add_argument(
+        "--busy-core",
+        action="store_true",
+        help="keep the last usable core busy with a spinning process while measuring (a noisy neighbour)",
     )
     parser.add_argument("--output", type=Path, help="also write the table and machine description to this file")
     parser.add_argument(
@@ -123,6 +137,23 @@ def block_sizes(requests: int, rounds: int, concurrency: int) -> list[int]:
     """
     blocks = max(1, min(rounds, requests // (2 * concurrency)))
     return [requests // blocks + (1 if index < requests % blocks else 0) for index in range(blocks)]
+
+
+@contextlib.contextmanager
+def busy_core() -> Iterator[int]:
+    """A process spinning on the last core this process may use (and only there), for the `with` block."""
+    core = max(os.sched_getaffinity(0))
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL)
+    try:
+        os.sched_setaffinity(spinner.pid, {core})
+        yield core
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def _neighbour(args: argparse.Namespace) -> contextlib.AbstractContextManager[object]:
+    return busy_core() if args.busy_core else contextlib.nullcontext()
 
 
 def _progress(message: str) -> None:
@@ -185,7 +216,8 @@ def _run_server(spec: ServerSpec, args: argparse.Namespace, log_dir: Path, runs:
         startup = _ready(server, args)
         load_before = os.getloadavg()[0]
         try:
-            asyncio.run(_measure(server, args, levels))
+            with _neighbour(args):
+                asyncio.run(_measure(server, args, levels))
         finally:
             if levels:
                 runs.append(ServerRun(spec.key, spec.label, spec.token_note, tuple(levels), startup, load_before))
@@ -256,7 +288,8 @@ def _run_in_turns(
         )
         load_before = os.getloadavg()[0]
         try:
-            asyncio.run(_measure_in_turns(servers, args, blocks))
+            with _neighbour(args):
+                asyncio.run(_measure_in_turns(servers, args, blocks))
         finally:
             for server in servers:
                 key = server.spec.key
@@ -284,7 +317,11 @@ def render(runs: Sequence[ServerRun], notes: Sequence[str], args: argparse.Names
     ]
     ratio_lines = ratios(runs)
     if ratio_lines:
-        parts += ["", "Output tokens/s of ours (MAX_BATCH_SIZE=32) relative to each other server:", *ratio_lines]
+        parts += [
+            "",
+            f"Output tokens/s of ours (MAX_BATCH_SIZE={OURS_BATCH}) relative to each other server:",
+            *ratio_lines,
+        ]
     through = gateway_lines(runs)
     if through:
         parts += [
@@ -323,11 +360,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             reuse = f"; using the folder from an earlier run: {model_dir}" if model_dir else ""
             notes.append(f"{exc}{reuse}")
             _progress(notes[-1])
-    specs, skipped = build_specs(args.servers, data_dir, model_dir)
+    specs, skipped = build_specs(args.servers, data_dir, model_dir, args.ours_api)
     notes += skipped
 
     runs: list[ServerRun] = []
     interrupted = False
+    if args.busy_core:
+        notes.append(
+            f"a busy-loop process was pinned to core {max(os.sched_getaffinity(0))} while measuring "
+            "(a noisy neighbour; not while the servers started)"
+        )
     try:
         # A gateway needs its upstream running beside it: such runs are always in turns.
         if args.rounds > 1 or any(spec.upstream is not None for spec in specs):

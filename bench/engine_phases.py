@@ -80,9 +80,15 @@ async def measure(services: Services, phases: list[int], requests: int, max_new_
         seconds = time.perf_counter() - started
         step_ms = clock.seconds / max(1, clock.steps) * 1000
         decoding = clock.seconds / seconds * 100
+        tuner = engine.workers[0].threads
+        threads = (
+            "fixed"
+            if tuner is None
+            else f"{tuner.current} of {tuner.most}, {tuner.switches}/{tuner.trials} trials switched"
+        )
         print(
             f"c={concurrency}: {tokens} tokens in {seconds:.1f} s ({tokens / seconds:.1f} tok/s); "
-            f"{clock.steps} decode steps of {step_ms:.1f} ms ({decoding:.0f}% of the time)",
+            f"{clock.steps} decode steps of {step_ms:.1f} ms ({decoding:.0f}% of the time); threads {threads}",
             flush=True,
         )
 

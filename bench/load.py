@@ -1,7 +1,8 @@
 """Closed-loop load: N clients, each sending its next streamed request as soon as the previous one ends.
 
 Two wire protocols are spoken: our `/infer` (Server-Sent Events with a final metadata event) and the
-OpenAI-compatible `/v1/chat/completions` stream that `transformers serve` and llama-cpp-python expose.
+OpenAI-compatible `/v1/chat/completions` stream that every server exposes (ours, vLLM, `transformers serve`,
+llama-cpp-python).
 """
 
 from __future__ import annotations
@@ -189,10 +190,9 @@ class OpenAIChatApi:
 
     model: str | None = None
     include_usage: bool = False
-    api_key: str | None = None  # sent as X-API-Key (our server as a gateway); None: no key
+    api_key: str | None = None  # sent as `Authorization: Bearer`, as the OpenAI SDK does
 
     async def send(self, client: httpx.AsyncClient, prompt: str, max_tokens: int) -> RequestResult:
-        headers = {"X-API-Key": self.api_key} if self.api_key else None
         body: dict[str, Any] = {
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens,
@@ -210,6 +210,7 @@ class OpenAIChatApi:
         usage_tokens: int | None = None
         finished = False
         try:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key is not None else None
             async with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as response:
                 if response.status_code != 200:
                     return RequestResult(

@@ -26,6 +26,7 @@ from bench.load import Api, OpenAIChatApi, OursApi
 
 SERVER_KEYS: tuple[str, ...] = ("ours", "ours-b1", "transformers", "llamacpp", "vllm", "gateway")
 MODEL_NAME = "smollm2-135m-instruct"
+OURS_BATCH = 64  # the MAX_BATCH_SIZE default
 API_KEY = "sk-bench-0123456789abcdef"
 API_KEYS_JSON = json.dumps([{"name": "bench", "key": API_KEY, "scopes": ["infer"]}])
 
@@ -164,7 +165,10 @@ def usable_model_folder(data_dir: Path) -> Path | None:
     return folder if complete else None
 
 
-def _ours(key: str, label: str, data_dir: Path, max_batch_size: int) -> ServerSpec:
+OURS_APIS = ("v1", "infer")
+
+
+def _ours(key: str, label: str, data_dir: Path, max_batch_size: int, api: str) -> ServerSpec:
     env = {
         **_OFFLINE_ENV,
         "DATA_DIR": str(data_dir),
@@ -187,8 +191,13 @@ def _ours(key: str, label: str, data_dir: Path, max_batch_size: int) -> ServerSp
             "{port}",
         ),
         ready_path="/ready",
-        api=OursApi(API_KEY),
-        token_note="tokens from the final event's metadata.tokens_generated",
+        # /v1 chat streams by default: the protocol every peer is measured on, vLLM's included.
+        api=OursApi(API_KEY)
+        if api == "infer"
+        else OpenAIChatApi(model=MODEL_NAME, include_usage=True, api_key=API_KEY),
+        token_note="tokens from the final event's metadata.tokens_generated"
+        if api == "infer"
+        else "tokens from usage.completion_tokens in the final chunk (/v1/chat/completions)",
         env=env,
         # Run from the data folder so that a developer's `.env` in the repository root does not change the
         # configuration under test.
@@ -199,7 +208,7 @@ def _ours(key: str, label: str, data_dir: Path, max_batch_size: int) -> ServerSp
 def _gateway(data_dir: Path, model_dir: Path) -> ServerSpec:
     """Our server with BACKEND=openai in front of the `vllm` peer: no weights loaded, prompts counted with the
     model folder's tokenizer, generation by vLLM. Measured with the same API and load as vLLM direct."""
-    ours = _ours("gateway", "ours as gateway → vLLM", data_dir / "gateway", 32)
+    ours = _ours("gateway", "ours as gateway → vLLM", data_dir / "gateway", 32, "v1")
     env = {
         **ours.env,
         "BACKEND": "openai",
@@ -223,17 +232,19 @@ def _gateway(data_dir: Path, model_dir: Path) -> ServerSpec:
     )
 
 
-def build_specs(keys: list[str], data_dir: Path, model_dir: Path | None) -> tuple[list[ServerSpec], list[str]]:
-    """The servers to run, in order, and a note for each one that has to be skipped."""
+def build_specs(
+    keys: list[str], data_dir: Path, model_dir: Path | None, ours_api: str = "v1"
+) -> tuple[list[ServerSpec], list[str]]:
+    """The servers to run, in order, and a note for each one that has to be skipped; ours speaks `ours_api`."""
     specs: list[ServerSpec] = []
     notes: list[str] = []
     for key in keys:
         if key in ("ours", "ours-b1", "transformers") and model_dir is None:
             notes.append(f"{key}: skipped, the model folder could not be prepared")
         elif key == "ours":
-            specs.append(_ours(key, "ours (MAX_BATCH_SIZE=32)", data_dir, 32))
+            specs.append(_ours(key, f"ours (MAX_BATCH_SIZE={OURS_BATCH}, /{ours_api})", data_dir, OURS_BATCH, ours_api))
         elif key == "ours-b1":
-            specs.append(_ours(key, "ours (MAX_BATCH_SIZE=1)", data_dir, 1))
+            specs.append(_ours(key, f"ours (MAX_BATCH_SIZE=1, /{ours_api})", data_dir, 1, ours_api))
         elif key == "transformers":
             assert model_dir is not None
             # `transformers serve` needs the `serving` extra; of it only `openai` is not already a dependency.

@@ -99,7 +99,11 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None
 
     max_queue: int = Field(default=64, ge=1)
-    max_batch_size: int = Field(default=32, ge=1, le=256)
+    max_batch_size: int = Field(default=64, ge=1, le=256)
+    # OpenMP threads of a CPU worker; 0: the CPUs this process may use (affinity mask, cgroup CPU quota).
+    torch_threads: int = Field(default=0, ge=0, le=1024)
+    # Re-measure decode steps with one thread fewer or more and keep the faster (a shared or throttled CPU).
+    tune_threads: bool = True
     prefix_cache_tokens: int = Field(default=2048, ge=0)
     batch_join_wait: float = Field(default=0.1, ge=0, le=10)
     max_input_tokens: int = Field(default=4096, ge=1)

@@ -21,6 +21,7 @@ from inference_api.modeling.prompt import PromptEncoder
 from inference_api.modeling.registry import ModelRef, ModelRegistry
 from inference_api.observability.metrics import Metrics
 from inference_api.settings import Settings
+from inference_api.torch_threads import usable_cpus
 
 if TYPE_CHECKING:
     from inference_api.upstream.backend import UpstreamBackend
@@ -97,6 +98,8 @@ class Engine:
                     queue,
                     max_batch_size=settings.max_batch_size,
                     join_wait=settings.batch_join_wait,
+                    threads=(settings.torch_threads or usable_cpus()) if device.type == "cpu" else None,
+                    tune_threads=settings.tune_threads and device.type == "cpu",
                     metrics=metrics,
                 )
             )
