@@ -9,7 +9,7 @@ import zipfile
 from collections.abc import Sequence
 from email.message import EmailMessage
 
-from bench.rag_eval.files import epub_bytes, pptx_bytes, xlsx_bytes
+from bench.rag_eval.files import epub_bytes, pdf_bytes, pptx_bytes, xlsx_bytes
 
 FACT = "The access code of the Zanzibar vault is 4471."
 QUERY = "access code of the Zanzibar vault"
@@ -24,36 +24,8 @@ _FILLER = [
 
 
 def make_pdf(pages: Sequence[Sequence[str]]) -> bytes:
-    """A minimal valid PDF: one Helvetica text line per string, one page per list of lines."""
-    count = len(pages)
-    objects: list[bytes] = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [%s] /Count %d >>"
-        % (" ".join(f"{4 + 2 * i} 0 R" for i in range(count)).encode(), count),
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
-    ]
-    for i, lines in enumerate(pages):
-        shown = " ".join(f"({_pdf_string(line)}) Tj T*" for line in lines)
-        content = f"BT /F1 10 Tf 13 TL 40 800 Td {shown} ET".encode("latin-1")
-        objects.append(
-            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] "
-            b"/Resources << /Font << /F1 3 0 R >> >> /Contents %d 0 R >>" % (5 + 2 * i)
-        )
-        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content))
-    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
-    return bytes(out)
-
-
-def _pdf_string(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+    """A minimal valid PDF: one Helvetica text line per string, one page per list of lines (the eval's writer)."""
+    return pdf_bytes(pages)
 
 
 def make_docx(paragraphs: Sequence[str], *, heading: str = "Vault notes") -> bytes:
