@@ -137,7 +137,15 @@ class Engine:
         self.state = "loading"
         ref = self.registry.default
         if self.is_upstream(ref.base):
-            # Nothing to load here: the fleet's health was checked when the backend started.
+            # No weights here: the fleet's health was checked when the backend started. A tokenizer folder is read
+            # now (about 2 CPU-seconds on 2 cores), so that "ready" means the first requests do not wait for it.
+            if self.encoder.encodes_here(ref.base):
+                try:
+                    await asyncio.to_thread(self.encoder.encode_chat, ref.base, _WARM_UP_PROMPT)
+                except Exception as exc:
+                    logger.exception("loading the upstream model's tokenizer failed")
+                    self._fail(type(exc).__name__)
+                    return
             self.state = "ready"
             logger.info("default model %s is served upstream", ref)
             return
