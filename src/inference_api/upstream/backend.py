@@ -77,7 +77,10 @@ class UpstreamBackend:
             self._sets[spec.name] = ReplicaSet.of(spec, key)
         timeout = httpx.Timeout(settings.request_timeout, connect=settings.upstream_connect_timeout)
         # No pool limit of httpx's own: each replica's max_in_flight is the limit.
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=1024, keepalive_expiry=30)
+        # Idle connections are dropped here before the upstream drops them: vLLM (uvicorn) closes one idle for 5 s,
+        # and a request sent on a connection the server has just closed fails with a ReadError before its first
+        # byte (seen as a health probe taking the only replica out in the middle of a benchmark).
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=1024, keepalive_expiry=2.0)
         self._client = httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport)
         self._running: dict[GenerationRequest, asyncio.Task[None]] = {}
         self._health_task: asyncio.Task[None] | None = None
@@ -326,7 +329,11 @@ class UpstreamBackend:
         timeout = httpx.Timeout(5.0, connect=self._connect_timeout)
         for url in (f"{replica.root}/health", f"{replica.url}/models"):
             try:
-                response = await self._client.get(url, headers=self._headers(replicas), timeout=timeout)
+                try:
+                    response = await self._client.get(url, headers=self._headers(replicas), timeout=timeout)
+                except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+                    # A pooled connection the replica closed meanwhile, not a replica that is down: once more, anew.
+                    response = await self._client.get(url, headers=self._headers(replicas), timeout=timeout)
             except httpx.HTTPError as exc:
                 return type(exc).__name__
             if response.status_code == 200:
