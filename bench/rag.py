@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import re
 import shutil
@@ -35,7 +36,7 @@ import httpx
 from bench.load import OursApi
 from bench.rag_eval.corpus import DOCS, QUESTIONS, Question
 from bench.rag_eval.files import render
-from bench.servers import _OFFLINE_ENV, ServerProcess, ServerSpec, console_command, prepare_model, usable_model_folder
+from bench.servers import OURS_BATCH, ServerProcess, ServerSpec, ours_spec, prepare_model, usable_model_folder
 
 API_KEY = "sk-rag-eval-0123456789abcdef"
 _KEYS = json.dumps([{"name": "rag-eval", "key": API_KEY, "scopes": ["infer", "documents"]}])
@@ -73,32 +74,14 @@ def contains_fact(answer: str, accepted: Sequence[str]) -> bool:
 
 
 def _spec(data_dir: Path, env: dict[str, str]) -> ServerSpec:
-    return ServerSpec(
-        key="ours",
-        label="ours",
-        command=(
-            *console_command("inference-api", "inference_api"),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-        ),
-        ready_path="/ready",
+    """The benchmark's server of ours, with this eval's key (it uploads documents) and answers over /infer."""
+    base = ours_spec("ours", "ours", data_dir, OURS_BATCH, "infer")
+    return dataclasses.replace(
+        base,
         api=OursApi(API_KEY),
         token_note="",
-        env={
-            **_OFFLINE_ENV,
-            "DATA_DIR": str(data_dir),
-            "API_KEYS": _KEYS,
-            "LOG_LEVEL": "WARNING",
-            "RATE_LIMIT": "1000000/minute",
-            "RATE_LIMIT_GENERATION": "1000000/minute",
-            # Quality, not speed: a slow shared machine must not turn answers into deadline errors.
-            "REQUEST_TIMEOUT": "1800",
-            **env,
-        },
-        cwd=data_dir,
+        # Quality, not speed: a slow shared machine must not turn answers into deadline errors.
+        env={**base.env, "API_KEYS": _KEYS, "REQUEST_TIMEOUT": "1800", **env},
     )
 
 

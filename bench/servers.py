@@ -168,7 +168,7 @@ def usable_model_folder(data_dir: Path) -> Path | None:
 OURS_APIS = ("v1", "infer")
 
 
-def _ours(key: str, label: str, data_dir: Path, max_batch_size: int, api: str) -> ServerSpec:
+def ours_spec(key: str, label: str, data_dir: Path, max_batch_size: int, api: str) -> ServerSpec:
     env = {
         **_OFFLINE_ENV,
         "DATA_DIR": str(data_dir),
@@ -208,7 +208,7 @@ def _ours(key: str, label: str, data_dir: Path, max_batch_size: int, api: str) -
 def _gateway(data_dir: Path, model_dir: Path) -> ServerSpec:
     """Our server with BACKEND=openai in front of the `vllm` peer: no weights loaded, prompts counted with the
     model folder's tokenizer, generation by vLLM. Measured with the same API and load as vLLM direct."""
-    ours = _ours("gateway", "ours as gateway → vLLM", data_dir / "gateway", 32, "v1")
+    ours = ours_spec("gateway", "ours as gateway → vLLM", data_dir / "gateway", 32, "v1")
     env = {
         **ours.env,
         "BACKEND": "openai",
@@ -242,9 +242,11 @@ def build_specs(
         if key in ("ours", "ours-b1", "transformers") and model_dir is None:
             notes.append(f"{key}: skipped, the model folder could not be prepared")
         elif key == "ours":
-            specs.append(_ours(key, f"ours (MAX_BATCH_SIZE={OURS_BATCH}, /{ours_api})", data_dir, OURS_BATCH, ours_api))
+            specs.append(
+                ours_spec(key, f"ours (MAX_BATCH_SIZE={OURS_BATCH}, /{ours_api})", data_dir, OURS_BATCH, ours_api)
+            )
         elif key == "ours-b1":
-            specs.append(_ours(key, f"ours (MAX_BATCH_SIZE=1, /{ours_api})", data_dir, 1, ours_api))
+            specs.append(ours_spec(key, f"ours (MAX_BATCH_SIZE=1, /{ours_api})", data_dir, 1, ours_api))
         elif key == "transformers":
             assert model_dir is not None
             # `transformers serve` needs the `serving` extra; of it only `openai` is not already a dependency.

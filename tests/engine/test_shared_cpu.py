@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import httpx
 import pytest
 import torch
 from asgi_lifespan import LifespanManager
+from bench.cli import busy_core
 from bench.invariance import PROMPTS
 
 from inference_api.app import create_app
@@ -30,15 +29,9 @@ from tests.conftest import TEST_KEYS, auth, make_settings, wait_ready
 
 @pytest.fixture
 def busy_neighbour() -> Iterator[int]:
-    """A busy-loop process pinned to the last core this process may use; yields that core."""
-    core = max(os.sched_getaffinity(0))
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        os.sched_setaffinity(spinner.pid, {core})
+    """The benchmark's noisy neighbour: a busy-loop process pinned to the last usable core; yields that core."""
+    with busy_core() as core:
         yield core
-    finally:
-        spinner.kill()
-        spinner.wait()
 
 
 @pytest.mark.real_model
