@@ -195,6 +195,15 @@ def test_the_same_seed_repeats_the_same_choices() -> None:
     assert draw(sampled(seed=4321, temperature=1.5), logits) != first
 
 
+@pytest.mark.parametrize(("temperature", "top_p"), [(1e-300, 1.0), (1.0, 5e-324), (1e-45, 1e-45), (5e-324, 5e-324)])
+def test_extreme_but_valid_temperature_and_top_p_choose_the_argmax(temperature: float, top_p: float) -> None:
+    # Each of these once made the row NaN (all tokens dropped, or inf / inf) and the request a 500.
+    for seed in range(3):
+        logits = random_logits(seed)
+        params = sampled(temperature=temperature, top_p=top_p, seed=seed)
+        assert set(draw(params, logits, count=5)) == {int(torch.argmax(logits))}
+
+
 def test_top_k_one_is_argmax_even_when_sampling() -> None:
     for seed in range(5):
         logits = random_logits(seed) * 0.01  # nearly flat, so plain sampling would rarely pick the argmax

@@ -24,6 +24,10 @@ def choose_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     if params.greedy or generator is None:
         return int(torch.argmax(logits).item())
     scores = logits.float() / params.temperature
+    if not bool(torch.isfinite(scores.max())):
+        # A temperature so small that the division overflowed (1e-300 is a valid one): its limit is greedy,
+        # and softmax over inf would be NaN.
+        return int(torch.argmax(logits).item())
     if params.top_k > 0 and params.top_k < scores.shape[-1]:
         kth = torch.topk(scores, params.top_k).values[-1]
         scores = scores.masked_fill(scores < kth, float("-inf"))
@@ -32,6 +36,8 @@ def choose_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
         cumulative = torch.softmax(sorted_scores, dim=-1).cumsum(dim=-1)
         # Drop tokens once the mass before them already reaches top_p; the first token always stays.
         drop_sorted = (cumulative - torch.softmax(sorted_scores, dim=-1)) >= params.top_p
+        # A top_p below float32's smallest number (5e-324 is valid) compares as 0, which would drop every token.
+        drop_sorted[0] = False
         drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
         scores = scores.masked_fill(drop, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
