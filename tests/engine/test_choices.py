@@ -3,8 +3,6 @@ its own generator, exactly as it would alone. And the logit processors, applied 
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -12,7 +10,7 @@ from inference_api.engine.batch import DecodeBatch
 from inference_api.engine.grammar import Grammars
 from inference_api.engine.runner import new_sequence
 from inference_api.engine.sampling import adjust
-from inference_api.engine.types import GenerationRequest, SamplingParams
+from inference_api.engine.types import SamplingParams
 from inference_api.modeling.cache import LoadedModel
 from inference_api.modeling.prompt import PromptEncoder
 from tests.engine.test_grammar import decode, request, tiny
@@ -48,26 +46,6 @@ def test_identical_prompts_are_prefilled_once_and_decode_as_they_would_alone(tin
         batch.remove([s for s in batch.sequences if s.finish_reason is not None])
         batch.step()
     assert [s.assembler.text for s in sequences[:3]] == [s.assembler.text for s in alone]
-
-
-def test_prefill_of_copies_costs_about_one_prompt(tiny: Tiny) -> None:
-    """Measured, loosely asserted (shared cores): 8 copies of a prompt against 8 distinct prompts of its length."""
-    model, encoder, _ = tiny
-    text = "Tell me a long story about " + "a cat and a dog " * 10
-
-    def timed(requests: list[GenerationRequest]) -> float:
-        best = float("inf")
-        for _ in range(3):
-            batch = DecodeBatch(model)
-            started = time.perf_counter()
-            batch.prefill([new_sequence(model, r) for r in requests])
-            best = min(best, time.perf_counter() - started)
-        return best
-
-    copies = timed([request(encoder, model, text, 4) for _ in range(8)])
-    distinct = timed([request(encoder, model, text.replace("cat", f"cat{i}"), 4) for i in range(8)])
-    print(f"prefill of 8 copies {copies * 1000:.1f} ms, of 8 distinct prompts {distinct * 1000:.1f} ms")
-    assert copies < distinct
 
 
 def test_processors_follow_openai_and_transformers() -> None:
