@@ -199,16 +199,21 @@ def test_chat_completion_from_the_callers_documents(server: str) -> None:
     sources = answer.model_dump()["sources"]
     assert sources[0]["document_id"] == document_id and "4471" in sources[0]["excerpt"]
     assert answer.usage is not None and answer.usage.prompt_tokens > 40  # the chunk went into the prompt
+    # Each answer says whether it draws on its sources (the tiny random model's rarely does).
+    assert isinstance(answer.model_dump()["choices"][0]["grounded"], bool)
     chunks = list(
         client.chat.completions.create(
             model="tiny", messages=question, max_tokens=4, stream=True, extra_body=extension, **GREEDY
         )
     )
     assert chunks[-1].model_dump()["sources"] == sources
+    assert isinstance(chunks[-1].model_dump()["grounded"], bool)
     # Another key's documents are not this caller's; nothing relevant is said, not made up.
     elsewhere = sdk(server, key=USER_KEY).chat.completions.create(model="tiny", messages=question, extra_body=extension)
     assert elsewhere.choices[0].message.content == NOTHING_FOUND
     assert elsewhere.model_dump()["sources"] == [] and elsewhere.usage is not None
     assert elsewhere.usage.completion_tokens == 0
+    assert elsewhere.model_dump()["choices"][0]["grounded"] is None  # nothing to draw on: the fixed answer
     without = client.chat.completions.create(model="tiny", messages=question, max_tokens=4)
     assert without.model_dump().get("sources") is None
+    assert without.model_dump()["choices"][0].get("grounded") is None

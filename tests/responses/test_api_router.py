@@ -8,6 +8,7 @@ import pytest
 from openai.types.responses import Response
 
 from tests.conftest import ADMIN_KEY, USER_KEY, auth
+from tests.documents.samples import sample
 from tests.openai_api.conftest import sdk
 from tests.responses.conftest import Prompts
 
@@ -188,3 +189,22 @@ def test_needs_the_chat_scope_and_a_known_model(server: str) -> None:
         sdk(server).responses.create(input="Hi", model="gpt-4o", max_output_tokens=4)
     assert caught.value.body["code"] == "model_not_found"  # type: ignore[index]
     assert USER_KEY  # the default key of sdk()
+
+
+def test_answers_from_documents_carry_sources_and_whether_they_draw_on_them(server: str) -> None:
+    name, data = sample("md")
+    uploaded = httpx.post(f"{server}/upload", files={"file": (name, data)}, headers=auth(ADMIN_KEY), timeout=120)
+    assert uploaded.status_code == 200, uploaded.text
+    client = sdk(server, key=ADMIN_KEY)
+    response = client.responses.create(
+        input="What is the access code of the Zanzibar vault?",
+        extra_body={"use_documents": True},
+        **GREEDY,  # type: ignore[arg-type]
+    )
+    record = response.model_dump()
+    assert record["sources"][0]["document_id"] == uploaded.json()["document_id"]
+    assert isinstance(record["grounded"], bool)
+    again = client.responses.retrieve(response.id).model_dump()
+    assert again["sources"] == record["sources"] and again["grounded"] == record["grounded"]
+    plain = client.responses.create(input="Say hello.", **GREEDY).model_dump()  # type: ignore[arg-type]
+    assert plain.get("sources") is None and plain.get("grounded") is None

@@ -353,6 +353,9 @@ class ChatChoice(BaseModel):
     message: AssistantMessage
     finish_reason: FinishReason
     logprobs: ChatLogprobs | None = None
+    grounded: bool | None = Field(
+        default=None, description="Extension: with use_documents, false when the answer draws on none of its sources."
+    )
 
 
 class CompletionLogprobs(BaseModel):

@@ -19,7 +19,7 @@ from inference_api.engine.types import Completion as EngineCompletion
 from inference_api.engine.types import TextDelta
 from inference_api.engine.types import TokenLogprob as EngineLogprob
 from inference_api.errors import ErrorCode, ServiceError
-from inference_api.generation.pipeline import GenerationPipeline, Job
+from inference_api.generation.pipeline import GenerationPipeline, Job, grounded
 from inference_api.modeling.prompt import Message
 from inference_api.modeling.registry import BASE_VERSION, ModelRef
 from inference_api.openai_api.protocol import (
@@ -208,6 +208,7 @@ class OpenAIService:
                     message=AssistantMessage(content=None if calls else done.text, tool_calls=calls),
                     finish_reason="tool_calls" if calls else done.finish_reason,
                     logprobs=_chat_logprobs(done.logprobs) if call.logprobs is not None else None,
+                    grounded=grounded(call.job, done.text),
                 )
             )
         return ChatCompletion(
@@ -311,6 +312,7 @@ class OpenAIService:
         chunk = _chunk(call, index, {} if call.kind == "chat" else "", finish)
         if call.job.sources is not None:
             chunk["sources"] = [s.model_dump() for s in call.job.sources]
+            chunk["grounded"] = grounded(call.job, done.text)
         return events + sse(chunk)
 
     async def embed(self, body: EmbeddingRequest) -> EmbeddingList:

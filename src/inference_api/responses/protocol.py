@@ -182,6 +182,9 @@ class ResponseObject(BaseModel):
     usage: ResponseUsage | None = None
     cached: bool = Field(default=False, description="Extension: answered from the response cache.")
     sources: list[Source] | None = Field(default=None, description="Extension: present when use_documents was set.")
+    grounded: bool | None = Field(
+        default=None, description="Extension: with use_documents, false when the answer draws on none of its sources."
+    )
     session_id: str | None = Field(default=None, description="Extension: the chat session holding this turn.")
 
 

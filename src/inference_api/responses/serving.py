@@ -27,7 +27,7 @@ from inference_api.chat.types import Message, Session, check_session_id
 from inference_api.engine.types import Completion, TextDelta
 from inference_api.errors import ErrorCode, ServiceError
 from inference_api.generation.limits import default_within_limit
-from inference_api.generation.pipeline import GenerationPipeline, Job
+from inference_api.generation.pipeline import GenerationPipeline, Job, grounded
 from inference_api.modeling.prompt import Message as TemplateMessage
 from inference_api.modeling.registry import BASE_VERSION, ModelRef
 from inference_api.responses.protocol import (
@@ -284,6 +284,7 @@ class ResponsesService:
             usage=_usage(completion) if completion is not None else None,
             cached=completion.cached if completion is not None else False,
             sources=job.sources if completion is not None else None,
+            grounded=grounded(job, completion.text) if completion is not None else None,
             session_id=call.session_id if call.store else None,
         )
 
