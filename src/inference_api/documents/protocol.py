@@ -71,6 +71,10 @@ class SearchResults(BaseModel):
     results: list[SearchResult]
 
 
+# What the `grounded` field of an answer with use_documents says, on every front-end that reports it.
+GROUNDED_DESCRIPTION = "With use_documents: false when the answer draws on none of its sources."
+
+
 class Source(BaseModel):
     """A document chunk an answer drew on; `[n]` markers in the answer count from 1 in this order."""
 

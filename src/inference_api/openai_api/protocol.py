@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
-from inference_api.documents.protocol import Source
+from inference_api.documents.protocol import GROUNDED_DESCRIPTION, Source
 from inference_api.engine.grammar import GrammarSpec
 from inference_api.engine.types import SamplingParams
 from inference_api.generation.protocol import ResponseFormat
@@ -353,9 +353,7 @@ class ChatChoice(BaseModel):
     message: AssistantMessage
     finish_reason: FinishReason
     logprobs: ChatLogprobs | None = None
-    grounded: bool | None = Field(
-        default=None, description="Extension: with use_documents, false when the answer draws on none of its sources."
-    )
+    grounded: bool | None = Field(default=None, description=f"Extension. {GROUNDED_DESCRIPTION}")
 
 
 class CompletionLogprobs(BaseModel):

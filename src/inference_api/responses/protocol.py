@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
-from inference_api.documents.protocol import Source
+from inference_api.documents.protocol import GROUNDED_DESCRIPTION, Source
 
 NOT_YET = "is not supported yet (tools and structured output come with the pipeline's grammar support)"
 
@@ -182,9 +182,7 @@ class ResponseObject(BaseModel):
     usage: ResponseUsage | None = None
     cached: bool = Field(default=False, description="Extension: answered from the response cache.")
     sources: list[Source] | None = Field(default=None, description="Extension: present when use_documents was set.")
-    grounded: bool | None = Field(
-        default=None, description="Extension: with use_documents, false when the answer draws on none of its sources."
-    )
+    grounded: bool | None = Field(default=None, description=f"Extension. {GROUNDED_DESCRIPTION}")
     session_id: str | None = Field(default=None, description="Extension: the chat session holding this turn.")
 
 
